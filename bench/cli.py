@@ -1,0 +1,310 @@
+"""The ``bench`` command line (Typer + rich)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bench.errors import BenchError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train and evaluate one-step generative models side by side.",
+)
+console = Console(stderr=True)
+out = Console()
+
+DEFAULT_METHOD = "chargen"
+DEFAULT_DATASET = "checkerboard"
+
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="registered method (see `bench list`)")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="registered data set (see `bench list`)")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="YAML file of config overrides")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, e.g. train.steps=2000 (repeatable)")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="training seed (config key `seed`)")]
+SmokeOpt = Annotated[bool, typer.Option("--smoke", help="tiny budget for tests/CI (< 1 min on 2 CPU cores)")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto")]
+OutOpt = Annotated[Path, typer.Option("--out", help="results folder (records + leaderboard)")]
+RunsOpt = Annotated[Path, typer.Option("--runs-dir", help="folder for run artefacts (checkpoints, logs, samples)")]
+PluginOpt = Annotated[list[str] | None, typer.Option("--plugin", help="import this module first (registers methods)")]
+
+
+@contextmanager
+def _progress():
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as p:
+        yield p
+
+
+def _setup(plugins: list[str] | None) -> None:
+    from bench.runner import load_builtins, load_plugins
+
+    load_plugins(plugins or [])
+    load_builtins()
+
+
+def _print_tables(tables: list[dict], dataset: str | None = None) -> None:
+    from bench.leaderboard import _fmt_nfe, _fmt_time, _fmt_val
+
+    for t in tables:
+        if dataset and t["key"][0] != dataset:
+            continue
+        tab = Table(title=t["title"], title_justify="left")
+        for c in ["method", "solver", "NFE", *t["metrics"], "time/sample", "× fwd", "device"]:
+            tab.add_column(c)
+        if any(t["floor"].values()):
+            tab.add_row(
+                "[i]reference floor[/i]", "", "", *[_fmt_val(t["floor"].get(m, [])) for m in t["metrics"]], "", "", ""
+            )
+        for r in t["rows"]:
+            tab.add_row(
+                escape(r["method"]),
+                r["solver"],
+                _fmt_nfe(r["nfe"]),
+                *[_fmt_val(r["values"][m]) for m in t["metrics"]],
+                _fmt_time(r["per_sample_s"]),
+                f"{r['ratio']:.1f}" if r["ratio"] is not None else "-",
+                escape(r["device"]),
+            )
+        out.print(tab)
+
+
+@app.command()
+def run(
+    method: MethodOpt = DEFAULT_METHOD,
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    smoke: SmokeOpt = False,
+    device: DeviceOpt = "auto",
+    out_dir: OutOpt = Path("results"),
+    runs_dir: RunsOpt = Path("runs"),
+    plugin: PluginOpt = None,
+) -> None:
+    """Train -> sample -> evaluate -> write a run record -> re-render the leaderboard."""
+    from bench import leaderboard
+    from bench.engine import TrainingDiverged
+    from bench.records import write_record
+    from bench.runner import base_record, evaluate_and_record, resolve_config, resolve_device, train_run
+
+    _setup(plugin)
+    cfg = resolve_config(method, dataset, config, set_, seed, smoke)
+    dev = resolve_device(device)
+    console.print(f"[bold]{cfg.method_name}[/bold] on [bold]{cfg.dataset_name}[/bold] (seed {cfg.seed}, {dev})")
+    with _progress() as p:
+        try:
+            run_id, workdir, ds, m, state = train_run(cfg, runs_dir, dev, progress=p)
+        except TrainingDiverged as e:
+            _record_divergence(cfg, runs_dir, dev, out_dir, str(e), base_record, write_record, leaderboard)
+            raise
+        record, path = evaluate_and_record(cfg, run_id, workdir, ds, m, state, dev, out_dir, progress=p)
+    _, tables = leaderboard.render(out_dir)
+    _print_tables(tables, cfg.dataset_name)
+    console.print(f"record: {path}\nleaderboard: {out_dir / 'LEADERBOARD.md'}\nrun folder: {workdir}")
+
+
+def _record_divergence(cfg, runs_dir, dev, out_dir, msg, base_record, write_record, leaderboard) -> None:
+    from bench.engine import TrainState
+    from bench.runner import build
+
+    workdirs = sorted(
+        Path(runs_dir).glob(f"{cfg.method_name}-{cfg.dataset_name}-s{cfg.seed}-*"), key=lambda p: p.stat().st_mtime
+    )
+    workdir = workdirs[-1] if workdirs else Path(runs_dir)
+    ds, m = build(cfg, workdir, dev)
+    rec = base_record(cfg, workdir.name, workdir, ds, m, TrainState(), dev)
+    rec.update(status="diverged", message=msg)
+    write_record(out_dir, rec)
+    leaderboard.render(out_dir)
+
+
+@app.command()
+def train(
+    method: MethodOpt = DEFAULT_METHOD,
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    smoke: SmokeOpt = False,
+    device: DeviceOpt = "auto",
+    runs_dir: RunsOpt = Path("runs"),
+    run_id: Annotated[str | None, typer.Option("--run-id")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue --run-id from its last checkpoint")] = False,
+    plugin: PluginOpt = None,
+) -> None:
+    """Train only; writes runs/<run-id>/{config.yaml, ckpt.pt, log.jsonl}."""
+    from bench.runner import resolve_config, resolve_device, train_run
+
+    _setup(plugin)
+    if resume and run_id:
+        wd = runs_dir / run_id
+        if not (wd / "config.yaml").is_file():
+            raise BenchError(f"nothing to resume: {wd / 'config.yaml'} does not exist")
+        config, method, dataset = str(wd / "config.yaml"), None, None
+    cfg = resolve_config(method, dataset, config, set_, seed, smoke)
+    dev = resolve_device(device)
+    with _progress() as p:
+        rid, workdir, *_ = train_run(cfg, runs_dir, dev, run_id=run_id, resume=resume, progress=p)
+    out.print(str(workdir))
+
+
+@app.command()
+def sample(
+    run_dir: Annotated[Path, typer.Option("--run", help="run folder (runs/<run-id>)")],
+    solver: Annotated[str | None, typer.Option(help="sampler; default: the run's first eval point")] = None,
+    nfe: Annotated[int | None, typer.Option(help="number of function evaluations")] = None,
+    label: Annotated[str | None, typer.Option(help="eval-point label (e.g. a chargen run's teacher)")] = None,
+    n: Annotated[int, typer.Option("-n", help="number of samples")] = 1000,
+    first_seed: Annotated[int, typer.Option(help="sample i uses seed first_seed + i")] = 1_000_000,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="default: <run>/samples-*.pt")] = None,
+    device: DeviceOpt = "auto",
+    plugin: PluginOpt = None,
+) -> None:
+    """Draw samples from a trained run into a .pt file (tensor under key 'samples')."""
+    from bench.checkpoint import save_checkpoint
+    from bench.runner import load_run, resolve_device
+    from bench.sampling import generate
+
+    _setup(plugin)
+    if nfe is not None and nfe < 1:
+        raise BenchError(f"NFE must be >= 1 (got {nfe})")
+    if n < 1:
+        raise BenchError("-n must be >= 1")
+    dev = resolve_device(device)
+    cfg, ds, m, _ = load_run(run_dir, dev)
+    pts = m.eval_points(cfg.eval.nfe if nfe is None else [nfe], [solver] if solver else cfg.eval.solvers)
+    pts = [p for p in pts if (label is None or p.label == label) and (nfe is None or p.nfe in (nfe, None))]
+    if not pts:
+        raise BenchError("no eval point of this run matches --solver/--nfe/--label")
+    pt = pts[0]
+    x, used = generate(m, pt, n, first_seed, 2500, dev)
+    output = output or run_dir / f"samples-{pt.solver}-{pt.nfe or 'adaptive'}.pt"
+    save_checkpoint(
+        output, {"samples": x, "label": pt.label, "solver": pt.solver, "nfe": used, "first_seed": first_seed}
+    )
+    out.print(f"{n} samples ({pt.label}, {pt.solver}, NFE {used:g}) -> {output}")
+
+
+@app.command(name="eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Option("--run", help="run folder (runs/<run-id>)")],
+    set_: SetOpt = None,
+    device: DeviceOpt = "auto",
+    out_dir: OutOpt = Path("results"),
+    plugin: PluginOpt = None,
+) -> None:
+    """Evaluate a trained run (eval.* may be overridden with --set), write its record, re-render."""
+    from bench import leaderboard
+    from bench.runner import evaluate_and_record, load_run, resolve_device
+
+    _setup(plugin)
+    for s in set_ or []:
+        if not s.startswith("eval."):
+            raise BenchError(f"bench eval only accepts eval.* overrides (got {s!r})")
+    dev = resolve_device(device)
+    cfg, ds, m, state = load_run(run_dir, dev, set_)
+    with _progress() as p:
+        _, path = evaluate_and_record(cfg, run_dir.name, run_dir, ds, m, state, dev, out_dir, progress=p)
+    _, tables = leaderboard.render(out_dir)
+    _print_tables(tables, cfg.dataset_name)
+    console.print(f"record: {path}")
+
+
+@app.command(name="leaderboard")
+def leaderboard_(
+    out_dir: OutOpt = Path("results"), quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False
+) -> None:
+    """Re-render results/LEADERBOARD.md and leaderboard.csv from the run records only."""
+    from bench import leaderboard
+
+    md, tables = leaderboard.render(out_dir)
+    if not quiet:
+        _print_tables(tables)
+    console.print(f"wrote {md} and {md.with_name('leaderboard.csv')} ({sum(len(t['rows']) for t in tables)} rows)")
+
+
+@app.command(name="list")
+def list_(plugin: PluginOpt = None) -> None:
+    """Registered methods, data sets and metrics."""
+    from bench.registry import DATASETS, METHODS, METRICS
+
+    _setup(plugin)
+    for title, reg, desc in [
+        ("methods", METHODS, lambda o: (o.__doc__ or "").strip().splitlines()[0] if o.__doc__ else ""),
+        ("datasets", DATASETS, lambda o: (o.__doc__ or "").strip().splitlines()[0] if o.__doc__ else ""),
+        ("metrics", METRICS, lambda o: "data: " + ", ".join(o.kinds)),
+    ]:
+        tab = Table(title=title, title_justify="left")
+        tab.add_column("name")
+        tab.add_column("")
+        for name, obj in reg.items():
+            tab.add_row(name, desc(obj))
+        out.print(tab)
+
+
+@app.command()
+def doctor() -> None:
+    """Versions, device, and which optional weights/data are present locally."""
+    import torch
+
+    from bench.records import package_versions
+    from bench.timing import device_name
+
+    _setup(None)
+    tab = Table(title="onestep-bench doctor", title_justify="left")
+    tab.add_column("item")
+    tab.add_column("value")
+    for k, v in package_versions().items():
+        tab.add_row(k, v)
+    tab.add_row("cuda available", str(torch.cuda.is_available()))
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tab.add_row("device", device_name(dev))
+    from bench.assets import asset_report
+
+    for k, v in asset_report():
+        tab.add_row(k, v)
+    out.print(tab)
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit 2."""
+    try:
+        app(standalone_mode=False)
+    except BenchError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

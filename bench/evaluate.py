@@ -1,0 +1,128 @@
+"""Sampling + metrics + timing for every eval point of a trained method -> record rows."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.metrics import MetricContext, applicable_metrics
+from bench.sampling import generate, seeded_noise
+from bench.timing import default_timing_batch, device_name, time_call, time_sampler
+
+
+def _summary(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
+
+
+def reference_sets(dataset: Any, ev: Any) -> list[torch.Tensor]:
+    return [dataset.reference(ev.n_ref, ev.ref_seed + r) for r in range(ev.repeats)]
+
+
+def evaluate_points(
+    method: Any,
+    dataset: Any,
+    ev: Any,
+    device: torch.device,
+    cache_dir: Path | None = None,
+    progress: Any = None,
+    sample_batch: int = 2500,
+) -> tuple[list[dict], dict, dict]:
+    """Evaluate every eval point of ``method``; returns (rows, reference floor, timing reference)."""
+    spec = dataset.spec
+    metrics = applicable_metrics(spec, ev)
+    refs = reference_sets(dataset, ev) if spec.kind == "points" else [None] * ev.repeats
+    points = method.eval_points(ev.nfe, ev.solvers)
+    method.eval()
+    tb = default_timing_batch(device, ev.timing_batch)
+    timing_noise = seeded_noise(spec.shape, range(ev.sample_seed - tb, ev.sample_seed)).to(device)
+    fwd = method.forward_reference()
+    timing_ref = None
+    if ev.timing:
+        t = time_call(fwd, timing_noise, ev.timing_repeats)
+        timing_ref = {
+            "what": "one forward pass of the sampling network",
+            "batch": tb,
+            "per_sample_s": t["median_s"] / tb,
+            "device": device_name(device),
+        }
+    task = progress.add_task("evaluate", total=len(points) * ev.repeats) if progress else None
+    rows = []
+    for p in points:
+        values: dict[str, list[float]] = {m.name: [] for m in metrics}
+        protos: dict[str, dict] = {}
+        nfe_used = None
+        for r in range(ev.repeats):
+            gen, nfe_used = generate(method, p, ev.n_gen, ev.sample_seed + r * ev.n_gen, sample_batch, device)
+            ctx = MetricContext(refs[r], dataset, ev, r, cache_dir)
+            for m in metrics:
+                v, proto = m(gen, ctx)
+                values[m.name].append(v)
+                protos[m.name] = _merge_proto(protos.get(m.name), proto)
+            if progress is not None:
+                progress.update(task, advance=1, description=f"evaluate {p.label} {p.solver}@{p.nfe or 'adaptive'}")
+        row = {
+            "label": p.label,
+            "solver": p.solver,
+            "nfe_requested": p.nfe,
+            "nfe": round(nfe_used, 2) if nfe_used is not None else None,
+            "metrics": {
+                k: {**_summary(v), "protocol": _metric_protocol(protos[k], ev, spec)} for k, v in values.items()
+            },
+        }
+        if ev.timing:
+
+            def run(z, p=p):
+                return method.sample(z, p)
+
+            tm = time_sampler(run, timing_noise, ev.timing_repeats)
+            tm.update(
+                device=device_name(device),
+                dtype="float32",
+                torch=torch.__version__,
+                compile=False,
+                ratio_to_forward=tm["per_sample_s"] / timing_ref["per_sample_s"],
+            )
+            row["timing"] = tm
+        rows.append(row)
+    floor = reference_floor(dataset, ev, refs, metrics, cache_dir)
+    return rows, floor, timing_ref
+
+
+def reference_floor(dataset, ev, refs, metrics, cache_dir) -> dict:
+    """The metric between independent reference sets of the generated size: how close to 0 it can get."""
+    vals: dict[str, list[float]] = {m.name: [] for m in metrics}
+    for r in range(ev.repeats):
+        other = dataset.reference(ev.n_gen, ev.ref_seed + 500_000 + r)
+        ctx = MetricContext(refs[r], dataset, ev, r, cache_dir)
+        for m in metrics:
+            vals[m.name].append(m(other, ctx)[0])
+    return {k: _summary(v) for k, v in vals.items()}
+
+
+def _merge_proto(old: dict | None, new: dict) -> dict:
+    if old is None:
+        return dict(new)
+    out = dict(old)
+    if "hit_cap" in new:
+        out["hit_cap"] = bool(old.get("hit_cap")) or bool(new["hit_cap"])
+    return out
+
+
+def _metric_protocol(proto: dict, ev: Any, spec: Any) -> dict:
+    ref = "fresh samples of the exact data law" if spec.exact_reference else proto.get("reference", "see protocol")
+    return {
+        **proto,
+        "n_gen": ev.n_gen,
+        "n_ref": ev.n_ref,
+        "repeats": ev.repeats,
+        "reference": ref,
+        "sample_seed": ev.sample_seed,
+        "ref_seed": ev.ref_seed,
+    }

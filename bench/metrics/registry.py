@@ -1,0 +1,52 @@
+"""A metric = a function (generated samples, MetricContext) -> (value, protocol dict).
+
+Points metrics compare against ``ctx.ref`` (fresh reference samples); image metrics may instead use
+``ctx.dataset`` (e.g. cached training-split statistics). Either way the protocol dict says how.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from bench.registry import METRICS
+
+
+@dataclass
+class MetricContext:
+    ref: Tensor | None  # fresh reference samples of this repeat (points); may be None for images
+    dataset: Any  # the Dataset object
+    eval_cfg: Any  # EvalConfig
+    repeat: int = 0
+    cache_dir: Any = None  # where metrics may cache reference statistics
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kinds: tuple[str, ...]  # data kinds it applies to ("points", "image")
+    fn: Callable[[Tensor, MetricContext], tuple[float, dict]]
+    lower_is_better: bool = True
+    applies: Callable[[Any, Any], bool] | None = None  # (DataSpec, EvalConfig) -> bool
+
+    def __call__(self, gen: Tensor, ctx: MetricContext) -> tuple[float, dict]:
+        return self.fn(gen, ctx)
+
+
+def metric(name: str, kinds: tuple[str, ...], applies=None, lower_is_better: bool = True):
+    def deco(fn):
+        METRICS.register(name, MetricSpec(name, kinds, fn, lower_is_better, applies))
+        return fn
+
+    return deco
+
+
+def applicable_metrics(spec: Any, eval_cfg: Any) -> list[MetricSpec]:
+    out = []
+    for _, m in METRICS.items():
+        if spec.kind in m.kinds and (m.applies is None or m.applies(spec, eval_cfg)):
+            out.append(m)
+    return out

@@ -1,0 +1,66 @@
+"""Name -> object registries for methods, data sets and metrics, with uniqueness checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from bench.errors import BenchError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection; registering a taken name is an error, looking up an unknown one lists the valid ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, obj: T | None = None, *, replace: bool = False):
+        """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""
+        if not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise ValueError(f"invalid {self.kind} name {name!r}: use letters, digits, '-' and '_'")
+
+        def add(o: T) -> T:
+            if name in self._items and not replace and self._items[name] is not o:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = o
+            return o
+
+        return add(obj) if obj is not None else add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise BenchError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def items(self) -> list[tuple[str, T]]:
+        return sorted(self._items.items())
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+
+METHODS: Registry = Registry("method")
+DATASETS: Registry = Registry("dataset")
+METRICS: Registry = Registry("metric")
+
+
+def register_method(name: str) -> Callable[[T], T]:
+    return METHODS.register(name)
+
+
+def register_dataset(name: str) -> Callable[[T], T]:
+    return DATASETS.register(name)
+
+
+def register_metric(name: str) -> Callable[[T], T]:
+    return METRICS.register(name)

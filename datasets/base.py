@@ -1,0 +1,62 @@
+"""The data-set protocol every loader implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a method needs to know about the data: kind and per-sample shape."""
+
+    name: str
+    kind: Literal["points", "image"]
+    shape: tuple[int, ...]
+    exact_reference: bool  # True when reference samples come from the exact data law (synthetic)
+
+    @property
+    def dim(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class Dataset:
+    """Base class: training batches and reference samples, all float32 on the CPU.
+
+    Points live in their natural coordinates; images in [-1, 1] (see ``bench.datasets.images``).
+    Subclasses implement :meth:`draw` (exact sampler) or override :meth:`train_batch`/:meth:`reference`.
+    """
+
+    spec: DataSpec
+
+    def __init__(self, spec: DataSpec, n_train: int = 0, seed: int = 0) -> None:
+        self.spec = spec
+        self.n_train = n_train
+        self._train: Tensor | None = None
+        if n_train > 0:  # a fixed finite training set (for sample-size studies)
+            self._train = self.draw(n_train, torch.Generator().manual_seed(10_000 + seed))
+
+    def draw(self, n: int, gen: torch.Generator) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def train_batch(self, n: int, gen: torch.Generator) -> Tensor:
+        if self._train is None:
+            return self.draw(n, gen)
+        idx = torch.randint(0, self._train.shape[0], (n,), generator=gen)
+        return self._train[idx]
+
+    def reference(self, n: int, seed: int) -> Tensor:
+        """``n`` reference samples for metrics, independent of the training draws."""
+        return self.draw(n, torch.Generator().manual_seed(seed))
+
+
+def build_dataset(name: str, cfg: object, seed: int = 0) -> Dataset:
+    from bench.registry import DATASETS
+
+    return DATASETS.get(name)(cfg, seed)

@@ -1,0 +1,88 @@
+"""Shared network blocks: an MLP with one or two time inputs for points."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+class FourierTime(nn.Module):
+    """Fixed sinusoidal features of a time in [0, 1], followed by a learned 2-layer embedding."""
+
+    def __init__(self, out: int, n_freq: int = 32) -> None:
+        super().__init__()
+        self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(1000.0), n_freq)), persistent=False)
+        self.net = nn.Sequential(nn.Linear(2 * n_freq, out), nn.SiLU(), nn.Linear(out, out))
+
+    def forward(self, t: Tensor) -> Tensor:
+        a = t[:, None] * self.freqs[None]
+        return self.net(torch.cat([torch.sin(a), torch.cos(a)], 1))
+
+    def zero_(self) -> FourierTime:
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        return self
+
+
+class TimeMLP(nn.Module):
+    """u(t_1..t_m, x): an MLP on points whose hidden layers receive the sum of the time embeddings.
+
+    With ``n_times=2`` the second embedding starts at zero, so a net initialised from a one-time teacher
+    computes exactly the teacher at initialisation (chargen's teacher initialisation).
+    """
+
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, n_times: int = 1) -> None:
+        super().__init__()
+        self.dim, self.hidden, self.depth, self.n_times = dim, hidden, depth, n_times
+        self.inp = nn.Linear(dim, hidden)
+        self.times = nn.ModuleList([FourierTime(hidden) for _ in range(n_times)])
+        for emb in list(self.times)[1:]:
+            emb.zero_()
+        self.layers = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(depth)])
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, *args: Tensor) -> Tensor:
+        *ts, x = args
+        if len(ts) != self.n_times:
+            raise TypeError(f"expected {self.n_times} time input(s), got {len(ts)}")
+        flat = x.reshape(x.shape[0], -1)
+        emb = sum(e(_as_batch(t, flat)) for e, t in zip(self.times, ts, strict=True))
+        h = self.inp(flat)
+        for layer in self.layers:
+            h = layer(nn.functional.silu(h + emb))
+        return self.out(nn.functional.silu(h)).reshape(x.shape)
+
+    def load_from_single_time(self, other: TimeMLP) -> None:
+        """Copy a one-time net into this one; extra time embeddings stay zero (so outputs coincide)."""
+        own = self.state_dict()
+        for k, v in other.state_dict().items():
+            own[k] = v.clone()
+        self.load_state_dict(own)
+
+
+def _as_batch(t: Tensor | float, x: Tensor) -> Tensor:
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t.reshape(x.shape[0])
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass
+class NetConfig:
+    hidden: int = 256  # MLP width (points)
+    depth: int = 3  # MLP hidden layers (points)
+    unet: str = "small"  # U-Net preset for images (see bench.methods.unet.PRESETS)
+
+
+def build_net(spec, cfg: NetConfig, n_times: int = 1) -> nn.Module:
+    """The network for a data kind: an MLP on points, a U-Net on images; ``n_times`` time inputs."""
+    if spec.kind == "points":
+        return TimeMLP(spec.dim, cfg.hidden, cfg.depth, n_times)
+    from bench.methods.unet import build_unet
+
+    return build_unet(spec, cfg.unet, n_times)
