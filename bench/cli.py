@@ -284,26 +284,15 @@ def doctor() -> None:
 
 
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2."""
+    """Console entry point: user errors print one line and exit 2 (usage errors too, via Typer)."""
     try:
-        app(standalone_mode=False)
+        app()
     except BenchError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":

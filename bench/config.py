@@ -36,6 +36,7 @@ class EvalConfig:
     repeats: int = 3  # independent (generated, reference) seed pairs; tables show mean +- std
     nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
     solvers: list[str] = field(default_factory=list)  # empty = the method's defaults
+    metrics: list[str] = field(default_factory=list)  # empty = every registered metric that applies to the data
     sample_seed: int = 1_000_000  # sample i of repeat r uses seed sample_seed + r * n_gen + i
     ref_seed: int = 2_000_000
     timing_batch: int = 0  # 0 = 1024 on GPU, 256 on CPU

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from bench.metrics import MetricContext, applicable_metrics
-from bench.sampling import generate, seeded_noise
+from bench.sampling import Samples, TensorSamples, seeded_noise
 from bench.timing import default_timing_batch, device_name, time_call, time_sampler
 
 
@@ -41,7 +41,7 @@ def evaluate_points(
     points = method.eval_points(ev.nfe, ev.solvers)
     method.eval()
     tb = default_timing_batch(device, ev.timing_batch)
-    timing_noise = seeded_noise(spec.shape, range(ev.sample_seed - tb, ev.sample_seed)).to(device)
+    timing_noise = seeded_noise(method.noise_shape, range(ev.sample_seed - tb, ev.sample_seed)).to(device)
     fwd = method.forward_reference()
     timing_ref = None
     if ev.timing:
@@ -59,12 +59,13 @@ def evaluate_points(
         protos: dict[str, dict] = {}
         nfe_used = None
         for r in range(ev.repeats):
-            gen, nfe_used = generate(method, p, ev.n_gen, ev.sample_seed + r * ev.n_gen, sample_batch, device)
+            gen = Samples(method, p, ev.n_gen, ev.sample_seed + r * ev.n_gen, sample_batch, device)
             ctx = MetricContext(refs[r], dataset, ev, r, cache_dir)
             for m in metrics:
                 v, proto = m(gen, ctx)
                 values[m.name].append(v)
                 protos[m.name] = _merge_proto(protos.get(m.name), proto)
+            nfe_used = gen.nfe
             if progress is not None:
                 progress.update(task, advance=1, description=f"evaluate {p.label} {p.solver}@{p.nfe or 'adaptive'}")
         row = {
@@ -95,11 +96,11 @@ def evaluate_points(
     return rows, floor, timing_ref
 
 
-def reference_floor(dataset, ev, refs, metrics, cache_dir) -> dict:
+def reference_floor(dataset, ev, refs, metrics, cache_dir, sample_batch: int = 2500) -> dict:
     """The metric between independent reference sets of the generated size: how close to 0 it can get."""
     vals: dict[str, list[float]] = {m.name: [] for m in metrics}
     for r in range(ev.repeats):
-        other = dataset.reference(ev.n_gen, ev.ref_seed + 500_000 + r)
+        other = TensorSamples(dataset.reference(ev.n_gen, ev.ref_seed + 500_000 + r), sample_batch)
         ctx = MetricContext(refs[r], dataset, ev, r, cache_dir)
         for m in metrics:
             vals[m.name].append(m(other, ctx)[0])

@@ -17,15 +17,64 @@ def seeded_noise(shape: tuple[int, ...], seeds: range | list[int]) -> Tensor:
     return out
 
 
-@torch.no_grad()
+class Samples:
+    """Generated samples of one eval point and repeat, produced lazily in batches.
+
+    ``batches()`` regenerates batch by batch (constant memory, for feature extractors); ``tensor()``
+    materialises and caches all samples (for metrics on points). ``nfe`` is the mean NFE used.
+    """
+
+    def __init__(self, method, point, n: int, first_seed: int, batch: int, device: torch.device) -> None:
+        self.method, self.point, self.n, self.first_seed, self.batch, self.device = (
+            method,
+            point,
+            n,
+            first_seed,
+            batch,
+            device,
+        )
+        self._tensor: Tensor | None = None
+        self._nfe: list[tuple[float, int]] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    @torch.no_grad()
+    def batches(self):
+        """Yield CPU float32 batches in seed order."""
+        if self._tensor is not None:
+            yield from self._tensor.split(self.batch)
+            return
+        self._nfe = []
+        for start in range(0, self.n, self.batch):
+            seeds = range(self.first_seed + start, self.first_seed + min(self.n, start + self.batch))
+            z = seeded_noise(self.method.noise_shape, seeds).to(self.device)
+            x, nfe = self.method.sample(z, self.point)
+            self._nfe.append((nfe, len(seeds)))
+            yield x.float().cpu()
+
+    def tensor(self) -> Tensor:
+        if self._tensor is None:
+            self._tensor = torch.cat(list(self.batches()))
+        return self._tensor
+
+    @property
+    def nfe(self) -> float:
+        if not self._nfe:
+            for _ in self.batches():
+                pass
+        return sum(k * m for k, m in self._nfe) / sum(m for _, m in self._nfe)
+
+
 def generate(method, point, n: int, first_seed: int, batch: int, device: torch.device) -> tuple[Tensor, float]:
     """``n`` samples (CPU float32) from ``method`` at eval point ``point``; returns (samples, mean NFE)."""
-    chunks, nfes = [], []
-    for start in range(0, n, batch):
-        seeds = range(first_seed + start, first_seed + min(n, start + batch))
-        z = seeded_noise(method.spec.shape, seeds).to(device)
-        x, nfe = method.sample(z, point)
-        chunks.append(x.float().cpu())
-        nfes.append((nfe, len(seeds)))
-    mean_nfe = sum(k * m for k, m in nfes) / n
-    return torch.cat(chunks), mean_nfe
+    s = Samples(method, point, n, first_seed, batch, device)
+    x = s.tensor()
+    return x, s.nfe
+
+
+class TensorSamples(Samples):
+    """Already-materialised samples (e.g. real data for the reference floor) behind the same interface."""
+
+    def __init__(self, x: Tensor, batch: int = 2500) -> None:
+        self._tensor, self.batch, self.n, self._nfe = x, batch, len(x), [(0.0, len(x))]

@@ -109,6 +109,11 @@ class Method(nn.Module):
         return {}
 
     @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of one latent sample fed to :meth:`sample` (the data shape for flows; GANs override)."""
+        return tuple(self.spec.shape)
+
+    @property
     def device(self) -> torch.device:
         for p in self.parameters():
             return p.device

@@ -7,7 +7,7 @@ Points metrics compare against ``ctx.ref`` (fresh reference samples); image metr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
@@ -22,29 +22,40 @@ class MetricContext:
     eval_cfg: Any  # EvalConfig
     repeat: int = 0
     cache_dir: Any = None  # where metrics may cache reference statistics
+    shared: dict = field(default_factory=dict)  # per (point, repeat) scratch space, e.g. features reused by FID/KID/PR
 
 
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
     kinds: tuple[str, ...]  # data kinds it applies to ("points", "image")
-    fn: Callable[[Tensor, MetricContext], tuple[float, dict]]
+    fn: Callable[[Any, MetricContext], tuple[float, dict]]  # (bench.sampling.Samples, ctx)
     lower_is_better: bool = True
-    applies: Callable[[Any, Any], bool] | None = None  # (DataSpec, EvalConfig) -> bool
+    applies: Callable[[Any, Any], bool] | None = None  # (DataSpec, EvalConfig) -> bool, for the automatic choice
+    check: Callable[[Any, Any], None] | None = None  # (Dataset, EvalConfig) pre-flight; raises BenchError
 
-    def __call__(self, gen: Tensor, ctx: MetricContext) -> tuple[float, dict]:
+    def __call__(self, gen: Any, ctx: MetricContext) -> tuple[float, dict]:
         return self.fn(gen, ctx)
 
 
-def metric(name: str, kinds: tuple[str, ...], applies=None, lower_is_better: bool = True):
+def metric(name: str, kinds: tuple[str, ...], applies=None, lower_is_better: bool = True, check=None):
     def deco(fn):
-        METRICS.register(name, MetricSpec(name, kinds, fn, lower_is_better, applies))
+        METRICS.register(name, MetricSpec(name, kinds, fn, lower_is_better, applies, check))
         return fn
 
     return deco
 
 
 def applicable_metrics(spec: Any, eval_cfg: Any) -> list[MetricSpec]:
+    """``eval.metrics`` if given (each must support the data kind), else every metric that applies."""
+    from bench.errors import BenchError
+
+    if eval_cfg.metrics:
+        chosen = [METRICS.get(n) for n in eval_cfg.metrics]
+        for m in chosen:
+            if spec.kind not in m.kinds:
+                raise BenchError(f"metric {m.name!r} does not apply to {spec.kind} data")
+        return chosen
     out = []
     for _, m in METRICS.items():
         if spec.kind in m.kinds and (m.applies is None or m.applies(spec, eval_cfg)):

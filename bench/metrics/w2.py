@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from bench.metrics.registry import MetricContext, metric
+from bench.sampling import Samples
 
 EMD_MAX_ITER = 10_000_000
 EXACT_MAX_N = 10_000
@@ -58,13 +59,14 @@ def gaussian_w2(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndarray) 
 
 
 @metric("w2", kinds=("points",), applies=lambda spec, ev: spec.dim <= ev.exact_w2_max_dim)
-def _w2_metric(gen: Tensor, ctx: MetricContext) -> tuple[float, dict]:
-    return w2_exact(gen, ctx.ref)
+def _w2_metric(gen: Samples, ctx: MetricContext) -> tuple[float, dict]:
+    return w2_exact(gen.tensor(), ctx.ref)
 
 
 @metric("sw2", kinds=("points",))
-def _sw2_metric(gen: Tensor, ctx: MetricContext) -> tuple[float, dict]:
-    n = min(len(gen), len(ctx.ref))
+def _sw2_metric(gen: Samples, ctx: MetricContext) -> tuple[float, dict]:
+    x = gen.tensor()
+    n = min(len(x), len(ctx.ref))
     k = ctx.eval_cfg.sliced_projections
-    value = w2_sliced(gen[:n], ctx.ref[:n], k, seed=0)
+    value = w2_sliced(x[:n], ctx.ref[:n], k, seed=0)
     return value, {"solver": "sliced W2, sorted 1-D projections", "projections": k, "projection_seed": 0}
