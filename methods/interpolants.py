@@ -3,7 +3,6 @@ velocity and clean-data predictions. Shared by every flow-type method."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -89,22 +88,25 @@ def uniform_grid(k: int, t0: float = 0.0, t1: float = 1.0) -> list[float]:
 def gaussian_flow(mean: Tensor, std: float):
     """Closed-form objects for data N(mean, std^2 I) under the linear interpolant (a test oracle).
 
-    Returns (velocity(t, x), flow_map(t, s, x)): X_t ~ N(t m, sigma_t^2 I), sigma_t^2 = (1-t)^2 + t^2 std^2,
-    and the ODE is affine: x_s = s m + sigma_s / sigma_t (x_t - t m).
+    X_t ~ N(t m, sigma_t^2 I) with sigma_t^2 = (1 - t)^2 + t^2 std^2; the probability-flow ODE is affine,
+    v(t, x) = m + sigma_t'/sigma_t (x - t m), with flow map x_s = s m + sigma_s / sigma_t (x_t - t m).
+    Times may be floats, 0-d tensors or per-sample (B,) tensors. Returns (velocity, flow_map).
     """
 
-    def sigma(t):
-        return math.sqrt((1 - t) ** 2 + (t * std) ** 2)
+    def sigma(t: Tensor) -> Tensor:
+        return torch.sqrt((1 - t) ** 2 + (t * std) ** 2)
 
-    def dsigma(t):
-        return (-(1 - t) + t * std**2) / sigma(t)
+    def col(t, x: Tensor) -> Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return t.reshape(-1, *([1] * (x.ndim - 1))) if t.ndim == 1 else t
 
-    def velocity(t, x):
-        t = float(t)
-        return mean + dsigma(t) / sigma(t) * (x - t * mean)
+    def velocity(t, x: Tensor) -> Tensor:
+        t = col(t, x)
+        dsig = (-(1 - t) + t * std**2) / sigma(t)
+        return mean + dsig / sigma(t) * (x - t * mean)
 
-    def flow_map(t, s, x):
-        t, s = float(t), float(s)
+    def flow_map(t, s, x: Tensor) -> Tensor:
+        t, s = col(t, x), col(s, x)
         return s * mean + sigma(s) / sigma(t) * (x - t * mean)
 
     return velocity, flow_map

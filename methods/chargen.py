@@ -1,0 +1,398 @@
+"""The characteristic generator (Ding et al., arXiv 2405.05512): fit g(t, s, x) to the discrete
+characteristics of a flow's velocity field and sample in ONE network evaluation, x = g(0, 1, z).
+
+Stages: teacher (flow matching, or reused from a `flow` run) -> trajectories (K Euler steps of the
+frozen EMA teacher) -> fit, with g(t, s, x) = x + (s - t) u(t, s, x) so that g(t, t, x) = x exactly.
+  paper loss      E || g(t_k, t_l, z_k) - z_l ||^2 over pairs k < l of a trajectory
+                  + lambda_sg E || g(t_k, t_l, z_k) - sg g(t_m, t_l, g(t_k, t_m, z_k)) ||^2   (semigroup)
+  reference loss  || G(s, 1, g(t, s, x_t)) - G(s, 1, sg g(u, s, x_u)) ||^2  with G the EMA net
+                  + w * || g(t, t', x_t) - (x_t + (t' - t) v(t, x_t)) ||^2, w = adaptive grad-norm ratio
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from bench.methods.base import EvalPoint, Method, Stage, StepContext, ema_copy
+from bench.methods.flow import Flow, FlowConfig, VelocityModel, flow_eval_points, sample_flow
+from bench.methods.interpolants import uniform_grid
+from bench.methods.nets import NetConfig, build_net
+from torch import Tensor, nn
+
+from bench.errors import BenchError
+from bench.registry import register_method
+
+
+@dataclass
+class TeacherConfig:
+    run: str = ""  # reuse a trained `flow` run: run id (under the runs folder), run folder or its ckpt.pt; "" = train
+    flow: FlowConfig = field(default_factory=FlowConfig)  # the teacher's config when trained in this run
+
+
+@dataclass
+class ChargenConfig:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    net: NetConfig | None = None  # network of u(t, s, x); None = the teacher's (needed for init_from_teacher)
+    euler_steps: int = 20  # K: steps of the discrete characteristics
+    grid: list[float] = field(default_factory=list)  # custom grid 0 = t_0 < ... < t_K = 1; empty = uniform
+    solver: Literal["euler", "heun", "ei"] = "euler"  # teacher step along the grid (ei = exponential integrator)
+    pairs_from: Literal["noise", "data"] = "noise"  # paper: teacher trajectories from N(0, I); reference code: data
+    n_traj: int = 20000  # m: cached trajectories (pairs_from=noise)
+    cache: Literal["memory", "disk", "none"] = "memory"  # none = regenerate trajectories every step
+    chunk: int = 4096  # trajectories generated (and written to disk) per chunk
+    loss: Literal["pairwise", "reference"] = "pairwise"  # paper's regression or the reference code's loss
+    distance: Literal["l2", "lpips"] = "l2"  # reference loss distance; lpips needs local VGG weights
+    lambda_sg: float = 1.0  # weight of the semigroup (consistency) penalty (pairwise loss); 0 disables
+    adaptive_max: float = 1e4  # clamp of the reference loss' adaptive weight
+    fit_steps: int = 3000
+    fit_lr: float = 1e-3
+    fit_batch: int = 0  # 0 = train.batch_size
+    init_from_teacher: bool = True  # start u(t, s, x) from the teacher's v(t, x) (s-embedding zero)
+    compose: list[int] = field(default_factory=lambda: [1, 2, 4])  # k-step composition NFEs reported
+    teacher_solvers: list[str] = field(default_factory=lambda: ["euler"])  # teacher rows in the same run
+
+    def validate(self) -> None:
+        if self.euler_steps < 1:
+            raise BenchError(f"method.euler_steps must be >= 1 (got {self.euler_steps})")
+        if self.grid:
+            g = self.grid
+            if any(not (0.0 <= t <= 1.0) for t in g):
+                raise BenchError(f"method.grid must lie in [0, 1] (got {g})")
+            if g[0] != 0.0 or g[-1] != 1.0 or any(b <= a for a, b in zip(g, g[1:], strict=False)):
+                raise BenchError("method.grid must increase strictly from 0 to 1")
+        if self.n_traj < 1 or self.fit_steps < 0 or self.fit_lr <= 0 or self.chunk < 1 or self.fit_batch < 0:
+            raise BenchError("method: need n_traj >= 1, fit_steps >= 0, fit_lr > 0, chunk >= 1, fit_batch >= 0")
+        if self.lambda_sg < 0 or self.adaptive_max < 0:
+            raise BenchError("method.lambda_sg and method.adaptive_max must be >= 0")
+        if any(k < 1 for k in self.compose):
+            raise BenchError(f"method.compose NFEs must be >= 1 (got {self.compose})")
+
+
+class CharNet(nn.Module):
+    """g(t, s, x) = x + (s - t) u(t, s, x): the identity at s = t by construction."""
+
+    def __init__(self, u: nn.Module) -> None:
+        super().__init__()
+        self.u = u
+
+    def forward(self, t: Tensor, s: Tensor, x: Tensor) -> Tensor:
+        t, s = _batch(t, x), _batch(s, x)
+        return x + (s - t).reshape(-1, *([1] * (x.ndim - 1))) * self.u(t, s, x)
+
+
+def _batch(t: Tensor | float, x: Tensor) -> Tensor:
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+@torch.no_grad()
+def grid_step(v: VelocityModel, solver: str, t: Tensor, s: Tensor, x: Tensor) -> Tensor:
+    """One teacher step from per-sample times t to s (shape (B,)): Euler, Heun or exponential integrator."""
+    h = (s - t).reshape(-1, *([1] * (x.ndim - 1)))
+    if solver == "euler":
+        return x + h * v(t, x)
+    if solver == "heun":
+        d1 = v(t, x)
+        return x + 0.5 * h * (d1 + v(s, x + h * d1))
+    x0, x1 = v.denoise(t, x)
+    it = v.interp
+    return it.a(s).reshape(h.shape) * x0 + it.b(s).reshape(h.shape) * x1
+
+
+@torch.no_grad()
+def characteristics(v: VelocityModel, z: Tensor, grid: Tensor, solver: str = "euler") -> Tensor:
+    """Discrete characteristics z_0 .. z_K from z_0 = z along ``grid``; returns (B, K+1, *shape)."""
+    out = [z]
+    for k in range(len(grid) - 1):
+        t = grid[k].expand(z.shape[0])
+        s = grid[k + 1].expand(z.shape[0])
+        out.append(grid_step(v, solver, t, s, out[-1]))
+    return torch.stack(out, 1)
+
+
+def semigroup_penalty(g: Callable[[Tensor, Tensor, Tensor], Tensor], t: Tensor, u: Tensor, s: Tensor, x: Tensor):
+    """E || g(t, s, x) - sg g(u, s, g(t, u, x)) ||^2: zero iff g composes like a flow map (t <= u <= s)."""
+    with torch.no_grad():
+        target = g(u, s, g(t, u, x))
+    return (g(t, s, x) - target).pow(2).flatten(1).sum(1).mean()
+
+
+@register_method("chargen")
+class Chargen(Method):
+    """Characteristic generator (arXiv 2405.05512): one-step sampling from fitted flow characteristics."""
+
+    Config = ChargenConfig
+    kinds = ("points", "image")
+    smoke = {"fit_steps": 150, "n_traj": 2000, "euler_steps": 8}
+
+    def __init__(self, cfg: ChargenConfig, spec, train, workdir=None) -> None:
+        super().__init__(cfg, spec, train, workdir)
+        self.teacher_run, tcfg = None, cfg.teacher.flow
+        if cfg.teacher.run:
+            self.teacher_run, tcfg, self._teacher_ckpt = _resolve_teacher(cfg.teacher.run, spec, workdir)
+        self.teacher_cfg = tcfg
+        self.teacher = Flow(tcfg, spec, train, workdir)
+        if self.teacher_run is not None:
+            self.teacher.load_state_dict(self._teacher_ckpt["method_state"])
+            self.teacher_train_s = self._teacher_ckpt["train_state"]["wall_s"]
+            del self._teacher_ckpt
+        net_cfg = cfg.net or tcfg.net
+        if cfg.init_from_teacher:
+            if net_cfg != tcfg.net:
+                raise BenchError("method.init_from_teacher needs method.net equal to the teacher's net (or unset)")
+            if tcfg.predict != "velocity":
+                raise BenchError("method.init_from_teacher needs a velocity-parameterised teacher (predict=velocity)")
+        self.g = CharNet(build_net(spec, net_cfg, n_times=2))
+        self.g_ema = ema_copy(self.g)
+        grid = cfg.grid or uniform_grid(cfg.euler_steps)
+        self.register_buffer("grid", torch.tensor(grid, dtype=torch.float32))
+        self._traj: Tensor | np.memmap | None = None
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @property
+    def K(self) -> int:
+        return len(self.grid) - 1
+
+    def v(self) -> VelocityModel:
+        return self.teacher.velocity(ema=True)
+
+    def _traj_path(self) -> Path:
+        return Path(self.workdir or ".") / f"trajectories-K{self.K}-m{self.cfg.n_traj}.f32"
+
+    @torch.no_grad()
+    def _make_trajectories(self) -> dict:
+        """Generate (and cache) m trajectories in chunks; seeded so a resume regenerates the same set."""
+        c, shape = self.cfg, tuple(self.spec.shape)
+        gen = torch.Generator().manual_seed(7_000_000)
+        full = (c.n_traj, self.K + 1, *shape)
+        if c.cache == "disk":
+            path = self._traj_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            store = np.lib.format.open_memmap(path.with_suffix(".npy"), mode="w+", dtype=np.float32, shape=full)
+        else:
+            store = torch.empty(full)
+        for start in range(0, c.n_traj, c.chunk):
+            n = min(c.chunk, c.n_traj - start)
+            z = torch.randn(n, *shape, generator=gen).to(self.grid.device)
+            tr = characteristics(self.v(), z, self.grid, c.solver).cpu()
+            store[start : start + n] = tr.numpy() if c.cache == "disk" else tr
+        if c.cache == "disk":
+            store.flush()
+        self._traj = store
+        return {
+            "n_traj": c.n_traj,
+            "K": self.K,
+            "solver": c.solver,
+            "cache": c.cache,
+            "bytes": int(np.prod(full)) * 4,
+            "teacher_nfe_per_traj": self.K * (2 if c.solver == "heun" else 1),
+        }
+
+    def _ensure_trajectories(self, resumed: bool) -> None:
+        if self.cfg.pairs_from != "noise" or self.cfg.cache == "none" or self._traj is not None:
+            return
+        npy = self._traj_path().with_suffix(".npy")
+        if self.cfg.cache == "disk" and npy.exists():
+            self._traj = np.load(npy, mmap_mode="r")
+        else:
+            self._make_trajectories()
+
+    def _traj_batch(self, n: int) -> Tensor:
+        """A batch of whole trajectories (B, K+1, *shape) on the device."""
+        dev = self.grid.device
+        if self.cfg.cache == "none":
+            z = torch.randn(n, *self.spec.shape, device=dev)
+            return characteristics(self.v(), z, self.grid, self.cfg.solver)
+        idx = torch.randint(0, self.cfg.n_traj, (n,))
+        if isinstance(self._traj, np.ndarray):
+            return torch.from_numpy(np.asarray(self._traj[np.sort(idx.numpy())])).to(dev)
+        return self._traj[idx].to(dev)
+
+    # -- pairs -------------------------------------------------------------------------------------
+    def noise_pairs(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(k, l, x_k, x_l, traj): random grid pairs k < l of cached teacher trajectories."""
+        traj = self._traj_batch(n)
+        k = torch.randint(0, self.K, (n,), device=traj.device)
+        l = k + 1 + (torch.rand(n, device=traj.device) * (self.K - k)).long().clamp_max(self.K - k - 1)
+        ar = torch.arange(n, device=traj.device)
+        return k, l, traj[ar, k], traj[ar, l], traj
+
+    @torch.no_grad()
+    def data_pairs(self, x1: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Reference-code pairs: x_t = a x0 + b x1 at grid index i, then n teacher steps (P(n) ~ n) to u."""
+        n_b, K, dev = x1.shape[0], self.K, x1.device
+        if K < 2:
+            raise BenchError("pairs_from=data needs euler_steps >= 2")
+        steps = torch.arange(1, K, device=dev, dtype=torch.float32)
+        nstep = torch.multinomial(steps / steps.sum(), n_b, replacement=True) + 1  # P(n) ~ n, n in 1..K-1
+        i = (torch.rand(n_b, device=dev) * (K - nstep + 1)).long().clamp_max(K - nstep)  # i + n <= K
+        t = self.grid[i]
+        it = self.teacher.interp
+        x = it.x_t(t, torch.randn_like(x1), x1)
+        xt = x.clone()
+        for j in range(int(nstep.max())):
+            active = j < nstep
+            ta, sa = self.grid[(i + j).clamp_max(K)], self.grid[(i + j + 1).clamp_max(K)]
+            stepped = grid_step(self.v(), self.cfg.solver, ta, sa, x)
+            x = torch.where(active.reshape(-1, *([1] * (x.ndim - 1))), stepped, x)
+        return i, i + nstep, xt, x
+
+    # -- losses ------------------------------------------------------------------------------------
+    def pairwise_loss(self, ctx: StepContext, n: int) -> tuple[Tensor, dict]:
+        if self.cfg.pairs_from == "noise":
+            k, l, xk, xl, traj = self.noise_pairs(n)
+        else:
+            k, l, xk, xl = self.data_pairs(ctx.batch(n))
+        gk, gl = self.grid[k], self.grid[l]
+        fit = (self.g(gk, gl, xk) - xl).pow(2).flatten(1).sum(1).mean()
+        logs = {"fit": fit.item()}
+        loss = fit
+        if self.cfg.lambda_sg > 0:
+            # intermediate grid index m with k <= m <= l
+            m = k + (torch.rand(len(k), device=k.device) * (l - k + 1)).long().clamp_max(l - k)
+            sg = semigroup_penalty(self.g, gk, self.grid[m], gl, xk)
+            loss = loss + self.cfg.lambda_sg * sg
+            logs["semigroup"] = sg.item()
+        return loss, logs
+
+    def reference_loss(self, ctx: StepContext, n: int) -> tuple[Tensor, dict]:
+        if self.cfg.distance == "lpips":
+            raise BenchError("distance=lpips needs local LPIPS/VGG weights, which this suite does not load yet; use l2")
+        i, j, xt, xu = self.data_pairs(ctx.batch(n))
+        t, u = self.grid[i], self.grid[j]
+        # a random target time s on the grid with u <= s <= K
+        s_idx = j + (torch.rand(n, device=xt.device) * (self.K - j + 1)).long().clamp_max(self.K - j)
+        s, one = self.grid[s_idx], torch.ones_like(t)
+        with torch.no_grad():
+            target = self.g_ema(s, one, self.g_ema(u, s, xu))
+        main = (self.g_ema_graph(s, one, self.g(t, s, xt)) - target).pow(2).flatten(1).sum(1).mean()
+        t1 = self.grid[(i + 1).clamp_max(self.K)]
+        with torch.no_grad():
+            local_target = grid_step(self.v(), "euler", t, t1, xt)
+        local = (self.g(t, t1, xt) - local_target).pow(2).flatten(1).sum(1).mean()
+        w = self.adaptive_weight(main, local)
+        return main + w * local, {"main": main.item(), "local": local.item(), "adaptive_w": w}
+
+    def g_ema_graph(self, t: Tensor, s: Tensor, x: Tensor) -> Tensor:
+        """The EMA net applied with gradients flowing to its input (not to its weights)."""
+        return self.g_ema(t, s, x)
+
+    def adaptive_weight(self, main: Tensor, local: Tensor) -> float:
+        """||d main / d W_last|| / ||d local / d W_last|| at the last layer, clamped to [0, adaptive_max]."""
+        last = [p for p in self.g.parameters() if p.requires_grad][-2]
+        gm = torch.autograd.grad(main, last, retain_graph=True, allow_unused=True)[0]
+        gl = torch.autograd.grad(local, last, retain_graph=True, allow_unused=True)[0]
+        if gm is None or gl is None:
+            return 1.0
+        return float((gm.norm() / (gl.norm() + 1e-8)).clamp(0, self.cfg.adaptive_max))
+
+    # -- stages ------------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        stages = (
+            [] if self.teacher_run is not None else [Stage(**{**self.teacher.stages()[0].__dict__, "name": "teacher"})]
+        )
+        c = self.cfg
+        opt = torch.optim.Adam(self.g.parameters(), lr=c.fit_lr)
+        n = c.fit_batch or self.train_cfg.batch_size
+
+        def setup(resumed: bool) -> None:
+            if not resumed and c.init_from_teacher:
+                self.g.u.load_from_single_time(self.teacher.ema)
+                self.g_ema.load_state_dict(self.g.state_dict())
+            self._ensure_trajectories(resumed)
+
+        def step(ctx: StepContext) -> dict[str, float]:
+            loss, logs = (self.pairwise_loss if c.loss == "pairwise" else self.reference_loss)(ctx, n)
+            logs["loss"] = loss.item()
+            logs["grad_norm"] = ctx.update(opt, loss)
+            return logs
+
+        if c.pairs_from == "noise" and c.cache != "none":
+            stages.append(Stage("trajectories", run=self._make_trajectories))
+        stages.append(
+            Stage(
+                "fit",
+                c.fit_steps,
+                step=step,
+                setup=setup,
+                optimizers=[opt],
+                ema=[(self.g_ema, self.g)],
+                ema_decay=self.train_cfg.ema_decay,
+            )
+        )
+        return stages
+
+    # -- sampling ----------------------------------------------------------------------------------
+    def label(self) -> str:
+        return "chargen" + ("" if self.cfg.loss == "pairwise" else "[ref-loss]")
+
+    def teacher_label(self) -> str:
+        return f"{self.teacher.label()} (teacher)"
+
+    def eval_points(self, nfes: list[int], solvers: list[str]) -> list[EvalPoint]:
+        pts = [EvalPoint(self.label(), "onestep" if k == 1 else "compose", k) for k in self.cfg.compose]
+        return pts + flow_eval_points(self.teacher_label(), nfes, solvers or self.cfg.teacher_solvers)
+
+    @torch.no_grad()
+    def sample(self, noise: Tensor, point: EvalPoint) -> tuple[Tensor, int]:
+        if point.label == self.teacher_label():
+            return sample_flow(self.v(), noise, point)
+        k = int(point.nfe)
+        idx = [round(j * self.K / k) for j in range(k + 1)]  # coarse grid snapped to the fitted grid
+        x = noise
+        for a, b in zip(idx, idx[1:], strict=False):
+            x = self.g_ema(self.grid[a], self.grid[b], x)
+        return x, k
+
+    def forward_reference(self) -> Callable[[Tensor], Tensor]:
+        zero, one = self.grid[0], self.grid[-1]
+        return lambda x: self.g_ema(zero, one, x)
+
+    def sampling_params(self) -> int:
+        return sum(p.numel() for p in self.g_ema.parameters())
+
+    def record_extra(self) -> dict:
+        out = {
+            "teacher": {
+                "label": self.teacher.label(),
+                "params": self.teacher.sampling_params(),
+                "run": self.teacher_run or "trained in this run",
+            },
+            "grid": [round(float(t), 6) for t in self.grid],
+        }
+        if self.teacher_run is not None:
+            out["teacher"]["train_wall_clock_s"] = self.teacher_train_s
+        return out
+
+
+def _resolve_teacher(ref: str, spec, workdir) -> tuple[str, FlowConfig, dict]:
+    """Find a finished `flow` run (id, folder or ckpt.pt), check it fits this data, return its config and ckpt."""
+    from bench.checkpoint import load_checkpoint
+    from bench.config import from_dict
+
+    p = Path(ref)
+    candidates = [p, p / "ckpt.pt"]
+    if workdir is not None:
+        candidates += [Path(workdir).parent / ref / "ckpt.pt"]
+    ck_path = next((c for c in candidates if c.is_file()), None)
+    if ck_path is None:
+        raise BenchError(f"teacher run {ref!r} not found (looked for {', '.join(str(c) for c in candidates)})")
+    ck = load_checkpoint(ck_path)
+    cfg = ck["config"]
+    if cfg["method"]["name"] != "flow":
+        raise BenchError(f"teacher {ck_path} is a {cfg['method']['name']!r} run; a `flow` run is needed")
+    if cfg["data"]["name"] != spec.name:
+        raise BenchError(f"teacher {ck_path} was trained on {cfg['data']['name']!r}, this run uses {spec.name!r}")
+    if ck["train_state"]["stage"] < 1:
+        raise BenchError(f"teacher {ck_path} is unfinished")
+    fcfg = {k: v for k, v in cfg["method"].items() if k != "name"}
+    tcfg = from_dict(FlowConfig, fcfg, prefix="teacher.")
+    w = ck["method_state"].get("net.inp.weight")
+    if w is not None and w.shape[1] != spec.dim:
+        raise BenchError(f"teacher {ck_path} has input dimension {w.shape[1]}, data has {spec.dim}")
+    return ck_path.parent.name, tcfg, ck
