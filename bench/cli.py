@@ -260,6 +260,36 @@ def list_(plugin: PluginOpt = None) -> None:
 
 
 @app.command()
+def study(
+    name: Annotated[str, typer.Argument(help="euler_steps, sample_size, intrinsic_dim, ambient_dim or all")],
+    seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0,1,2",
+    values: Annotated[str | None, typer.Option(help="comma-separated values of the varied key")] = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = "auto",
+    out_dir: OutOpt = Path("results"),
+    runs_dir: RunsOpt = Path("runs"),
+) -> None:
+    """Run one of the paper's checkable claims as a sweep; writes results/study/NAME.{json,md}."""
+    import yaml
+
+    from bench.runner import resolve_device
+    from bench.study import STUDIES, render_study, run_study
+
+    _setup(None)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        vals = [yaml.safe_load(v) for v in values.split(",")] if values else None
+    except ValueError:
+        raise BenchError(f"--seeds must be comma-separated integers (got {seeds!r})") from None
+    names = list(STUDIES) if name == "all" else [name]
+    dev = resolve_device(device)
+    for n in names:
+        with _progress() as p:
+            r = run_study(n, seed_list, out_dir, runs_dir, dev, set_, vals, progress=p)
+        out.print(render_study(r))
+
+
+@app.command()
 def doctor() -> None:
     """Versions, device, and which optional weights/data are present locally."""
     import torch

@@ -215,10 +215,12 @@ class Chargen(Method):
 
     # -- pairs -------------------------------------------------------------------------------------
     def noise_pairs(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(k, l, x_k, x_l, traj): random grid pairs k < l of cached teacher trajectories."""
+        """(k, l, x_k, x_l, traj): grid pairs k < l drawn uniformly among all pairs of cached trajectories."""
         traj = self._traj_batch(n)
-        k = torch.randint(0, self.K, (n,), device=traj.device)
-        l = k + 1 + (torch.rand(n, device=traj.device) * (self.K - k)).long().clamp_max(self.K - k - 1)
+        a = torch.randint(0, self.K + 1, (n,), device=traj.device)
+        b = torch.randint(0, self.K, (n,), device=traj.device)
+        b = b + (b >= a).long()  # b != a, uniform over the other K indices
+        k, l = torch.minimum(a, b), torch.maximum(a, b)
         ar = torch.arange(n, device=traj.device)
         return k, l, traj[ar, k], traj[ar, l], traj
 
@@ -268,8 +270,8 @@ class Chargen(Method):
         # a random target time s on the grid with u <= s <= K
         s_idx = j + (torch.rand(n, device=xt.device) * (self.K - j + 1)).long().clamp_max(self.K - j)
         s, one = self.grid[s_idx], torch.ones_like(t)
-        with torch.no_grad():
-            target = self.g_ema(s, one, self.g_ema(u, s, xu))
+        with torch.no_grad():  # stop-gradient target: the online net from (u, x_u), mapped to data by the EMA net
+            target = self.g_ema(s, one, self.g(u, s, xu))
         main = (self.g_ema_graph(s, one, self.g(t, s, xt)) - target).pow(2).flatten(1).sum(1).mean()
         t1 = self.grid[(i + 1).clamp_max(self.K)]
         with torch.no_grad():
@@ -329,7 +331,16 @@ class Chargen(Method):
 
     # -- sampling ----------------------------------------------------------------------------------
     def label(self) -> str:
-        return "chargen" + ("" if self.cfg.loss == "pairwise" else "[ref-loss]")
+        c, tags = self.cfg, [f"K={self.K}"]
+        if c.pairs_from != "noise":
+            tags.append("data-pairs")
+        if c.loss != "pairwise":
+            tags.append("ref-loss")
+        elif c.lambda_sg == 0:
+            tags.append("no-sg")
+        if c.solver != "euler":
+            tags.append(c.solver)
+        return f"chargen[{','.join(tags)}]"
 
     def teacher_label(self) -> str:
         return f"{self.teacher.label()} (teacher)"
@@ -357,11 +368,14 @@ class Chargen(Method):
         return sum(p.numel() for p in self.g_ema.parameters())
 
     def record_extra(self) -> dict:
+        from bench.config import to_dict
+
         out = {
             "teacher": {
                 "label": self.teacher.label(),
                 "params": self.teacher.sampling_params(),
                 "run": self.teacher_run or "trained in this run",
+                "config": to_dict(self.teacher_cfg),
             },
             "grid": [round(float(t), 6) for t in self.grid],
         }
