@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.checkpoint import atomic_write_text
+from bench.published import render_published
 from bench.records import load_records
 
 SOLVER_ORDER = {"onestep": 0, "compose": 1, "euler": 2, "ei": 3, "heun": 4, "dopri5": 5}
@@ -299,4 +300,5 @@ def render(results_dir: Path) -> tuple[Path, list[dict]]:
     md = results_dir / "LEADERBOARD.md"
     atomic_write_text(md, render_markdown(tables))
     atomic_write_text(results_dir / "leaderboard.csv", render_csv(tables))
+    atomic_write_text(results_dir / "PUBLISHED.md", render_published())
     return md, tables
