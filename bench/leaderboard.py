@@ -14,6 +14,7 @@ from typing import Any
 from bench.checkpoint import atomic_write_text
 from bench.published import render_published
 from bench.records import load_records
+from bench.targets import render_targets
 
 SOLVER_ORDER = {"onestep": 0, "compose": 1, "euler": 2, "ei": 3, "heun": 4, "dopri5": 5}
 QUALITY_ORDER = ["w2", "sw2", "fid", "fd_digits", "kid", "precision", "recall"]
@@ -296,9 +297,11 @@ def _g(x: float | None) -> str:
 def render(results_dir: Path) -> tuple[Path, list[dict]]:
     """Re-render ``LEADERBOARD.md`` and ``leaderboard.csv`` in ``results_dir`` from its records."""
     results_dir = Path(results_dir)
-    tables = build_tables(load_records(results_dir))
+    records = load_records(results_dir)
+    tables = build_tables(records)
     md = results_dir / "LEADERBOARD.md"
     atomic_write_text(md, render_markdown(tables))
     atomic_write_text(results_dir / "leaderboard.csv", render_csv(tables))
     atomic_write_text(results_dir / "PUBLISHED.md", render_published())
+    atomic_write_text(results_dir / "TARGETS.md", render_targets(records))
     return md, tables

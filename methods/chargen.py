@@ -47,6 +47,7 @@ class ChargenConfig:
     chunk: int = 4096  # trajectories generated (and written to disk) per chunk
     loss: Literal["pairwise", "reference"] = "pairwise"  # paper's regression or the reference code's loss
     distance: Literal["l2", "lpips"] = "l2"  # reference loss distance; lpips needs local VGG weights
+    end_pairs: float = 0.0  # share of pairs (k, K) ending at t = 1; 0 = pairs uniform over all k < l (paper)
     lambda_sg: float = 1.0  # weight of the semigroup (consistency) penalty (pairwise loss); 0 disables
     adaptive_max: float = 1e4  # clamp of the reference loss' adaptive weight
     fit_steps: int = 3000
@@ -67,6 +68,8 @@ class ChargenConfig:
                 raise BenchError("method.grid must increase strictly from 0 to 1")
         if self.n_traj < 1 or self.fit_steps < 0 or self.fit_lr <= 0 or self.chunk < 1 or self.fit_batch < 0:
             raise BenchError("method: need n_traj >= 1, fit_steps >= 0, fit_lr > 0, chunk >= 1, fit_batch >= 0")
+        if not 0.0 <= self.end_pairs <= 1.0:
+            raise BenchError("method.end_pairs must lie in [0, 1]")
         if self.lambda_sg < 0 or self.adaptive_max < 0:
             raise BenchError("method.lambda_sg and method.adaptive_max must be >= 0")
         if any(k < 1 for k in self.compose):
@@ -221,6 +224,10 @@ class Chargen(Method):
         b = torch.randint(0, self.K, (n,), device=traj.device)
         b = b + (b >= a).long()  # b != a, uniform over the other K indices
         k, l = torch.minimum(a, b), torch.maximum(a, b)
+        if self.cfg.end_pairs > 0:  # a share of pairs (k, K) ending at the data: the maps sampling uses last
+            end = torch.rand(n, device=traj.device) < self.cfg.end_pairs
+            k = torch.where(end, torch.randint(0, self.K, (n,), device=traj.device), k)
+            l = torch.where(end, torch.full_like(l, self.K), l)
         ar = torch.arange(n, device=traj.device)
         return k, l, traj[ar, k], traj[ar, l], traj
 
@@ -398,15 +405,28 @@ def _resolve_teacher(ref: str, spec, workdir) -> tuple[str, FlowConfig, dict]:
         raise BenchError(f"teacher run {ref!r} not found (looked for {', '.join(str(c) for c in candidates)})")
     ck = load_checkpoint(ck_path)
     cfg = ck["config"]
-    if cfg["method"]["name"] != "flow":
-        raise BenchError(f"teacher {ck_path} is a {cfg['method']['name']!r} run; a `flow` run is needed")
+    kind = cfg["method"]["name"]
+    if kind == "chargen" and not cfg["method"]["teacher"]["run"]:  # the teacher a chargen run trained itself
+        fcfg = dict(cfg["method"]["teacher"]["flow"])
+        state = {k[len("teacher.") :]: v for k, v in ck["method_state"].items() if k.startswith("teacher.")}
+        ck = {**ck, "method_state": state}
+    elif kind == "flow":
+        fcfg = {k: v for k, v in cfg["method"].items() if k != "name"}
+    else:
+        raise BenchError(
+            f"teacher {ck_path} is a {kind!r} run; a `flow` run (or a chargen run that trained its "
+            "own teacher) is needed"
+        )
     if cfg["data"]["name"] != spec.name:
         raise BenchError(f"teacher {ck_path} was trained on {cfg['data']['name']!r}, this run uses {spec.name!r}")
     if ck["train_state"]["stage"] < 1:
         raise BenchError(f"teacher {ck_path} is unfinished")
-    fcfg = {k: v for k, v in cfg["method"].items() if k != "name"}
     tcfg = from_dict(FlowConfig, fcfg, prefix="teacher.")
     w = ck["method_state"].get("net.inp.weight")
     if w is not None and w.shape[1] != spec.dim:
         raise BenchError(f"teacher {ck_path} has input dimension {w.shape[1]}, data has {spec.dim}")
+    ck["train_state"] = {
+        **ck["train_state"],
+        "wall_s": {"teacher": ck["train_state"]["wall_s"].get("teacher", ck["train_state"]["wall_s"].get("flow"))},
+    }
     return ck_path.parent.name, tcfg, ck

@@ -1,0 +1,97 @@
+"""The issue targets checked against run records (rendered with the leaderboard): chargen vs its teacher.
+
+Quality: W2 (or FD) of chargen at NFE 1 over its teacher's at the reference NFE (Euler), from the SAME run
+(same teacher weights, seeds and evaluation protocol). Speed: chargen's per-sample time at NFE 1 over one
+bare forward pass of its network, and the teacher at NFE 128 over chargen at NFE 1, measured in one process.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+QUALITY = {"points": ("w2", 128, 1.1), "image": ("fd_digits", 64, 1.3)}  # metric, teacher NFE, max ratio
+
+
+def _row(rec: dict, pred) -> dict | None:
+    return next((r for r in rec.get("rows", []) if pred(r)), None)
+
+
+def chargen_targets(records: list[dict]) -> list[dict[str, Any]]:
+    out = []
+    for rec in records:
+        if rec.get("method") != "chargen" or rec.get("status", "ok") != "ok":
+            continue
+        kind = rec.get("data_spec", {}).get("kind", "points")
+        metric, t_nfe, max_ratio = QUALITY[kind]
+        one = _row(rec, lambda r: r["solver"] == "onestep")
+        teach = [r for r in rec["rows"] if r["label"].endswith("(teacher)") and r["solver"] == "euler"]
+        t_ref = next((r for r in teach if r["nfe_requested"] == t_nfe), None)
+        t_one = next((r for r in teach if r["nfe_requested"] == 1), None)
+        if one is None or metric not in one["metrics"]:
+            continue
+        q = one["metrics"][metric]["mean"]
+        row = {
+            "dataset": rec["dataset"],
+            "run": rec["run_id"],
+            "label": one["label"],
+            "metric": metric,
+            "chargen": q,
+            "teacher_nfe": t_nfe,
+            "max_ratio": max_ratio,
+        }
+        if t_ref:
+            row["teacher_ref"] = t_ref["metrics"][metric]["mean"]
+            row["ratio_ref"] = q / row["teacher_ref"]
+        if t_one:
+            row["teacher_1"] = t_one["metrics"][metric]["mean"]
+            row["ratio_1"] = q / row["teacher_1"]
+        if one.get("timing"):
+            row["x_fwd"] = one["timing"]["ratio_to_forward"]
+            row["device"] = one["timing"]["device"]
+            t128 = next((r for r in teach if r["nfe_requested"] == 128 and r.get("timing")), None)
+            if t128:
+                row["speedup_vs_128"] = t128["timing"]["per_sample_s"] / one["timing"]["per_sample_s"]
+        out.append(row)
+    return sorted(out, key=lambda r: (r["dataset"], r["run"]))
+
+
+def _f(x: float | None, fmt: str = "{:.3f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _ok(cond: bool | None) -> str:
+    return "-" if cond is None else ("yes" if cond else "**no**")
+
+
+def render_targets(records: list[dict]) -> str:
+    rows = chargen_targets(records)
+    lines = [
+        "# chargen targets (rendered from run records)",
+        "",
+        "Quality: chargen at NFE 1 vs its own teacher (Euler) in the same run. Targets: W2 <= 1.1 x teacher at",
+        "NFE 128 and <= 0.5 x teacher at NFE 1 (points); FD_digits <= 1.3 x teacher at NFE 64 (digits).",
+        "Speed: `x fwd` = per-sample time at NFE 1 / one bare forward pass (target <= 1.10); `speed-up` =",
+        "teacher NFE 128 / chargen NFE 1 per-sample time (target >= 50), measured in one process.",
+        "",
+        "| data | run | metric | chargen NFE 1 | teacher ref NFE | teacher | ratio | ok | teacher NFE 1 | ratio | ok "
+        "| x fwd | ok | speed-up | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rr, r1 = r.get("ratio_ref"), r.get("ratio_1")
+        xf, sp = r.get("x_fwd"), r.get("speedup_vs_128")
+        lines.append(
+            f"| {r['dataset']} | `{r['run']}` | {r['metric']} | {r['chargen']:.4f} | {r['teacher_nfe']} | "
+            f"{_f(r.get('teacher_ref'), '{:.4f}')} | {_f(rr)} | {_ok(None if rr is None else rr <= r['max_ratio'])} | "
+            f"{_f(r.get('teacher_1'), '{:.4f}')} | {_f(r1)} | {_ok(None if r1 is None else r1 <= 0.5)} | "
+            f"{_f(xf, '{:.2f}')} | {_ok(None if xf is None else xf <= 1.10)} | {_f(sp, '{:.0f}')} | "
+            f"{_ok(None if sp is None else sp >= 50)} |"
+        )
+    if rows:
+        ratios = [r["ratio_ref"] for r in rows if "ratio_ref" in r]
+        if ratios:
+            lines += ["", f"Median quality ratio over {len(ratios)} runs: {statistics.median(ratios):.3f}."]
+    else:
+        lines.append("\nNo chargen records yet.")
+    return "\n".join(lines) + "\n"
