@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from bench.grids import GridTarget, write_eval_grid
 from bench.metrics import MetricContext, applicable_metrics
 from bench.sampling import Samples, TensorSamples, seeded_noise
 from bench.timing import default_timing_batch, device_name, time_call, time_sampler
@@ -33,8 +34,12 @@ def evaluate_points(
     cache_dir: Path | None = None,
     progress: Any = None,
     sample_batch: int = 2500,
+    grids: GridTarget | None = None,
 ) -> tuple[list[dict], dict, dict]:
-    """Evaluate every eval point of ``method``; returns (rows, reference floor, timing reference)."""
+    """Evaluate every eval point of ``method``; returns (rows, reference floor, timing reference).
+
+    With ``grids`` (image data) each row also gets ``"grid"``: a PNG of seeds eval.sample_seed .. +63.
+    """
     spec = dataset.spec
     metrics = applicable_metrics(spec, ev)
     refs = reference_sets(dataset, ev) if spec.kind == "points" else [None] * ev.repeats
@@ -91,6 +96,8 @@ def evaluate_points(
                 ratio_to_forward=tm["per_sample_s"] / timing_ref["per_sample_s"],
             )
             row["timing"] = tm
+        if grids is not None:  # sample grid (image data): same seeds for every method
+            row["grid"] = write_eval_grid(method, p, ev.sample_seed, device, grids)
         rows.append(row)
     floor = reference_floor(dataset, ev, refs, metrics, cache_dir)
     return rows, floor, timing_ref

@@ -179,9 +179,13 @@ def evaluate_and_record(
     progress: Any = None,
 ) -> tuple[dict, Path]:
     from bench.evaluate import evaluate_points
+    from bench.grids import GridTarget
 
+    grids = None  # sample grids for image data: <results>/grids/<dataset>/<run_id>/
+    if dataset.spec.kind == "image":
+        grids = GridTarget(Path(results_dir), f"grids/{cfg.dataset_name}/{run_id}")
     rows, floor, tref = evaluate_points(
-        method, dataset, cfg.eval, device, cache_dir=Path(results_dir) / "cache", progress=progress
+        method, dataset, cfg.eval, device, cache_dir=Path(results_dir) / "cache", progress=progress, grids=grids
     )
     record = base_record(cfg, run_id, workdir, dataset, method, state, device)
     record.update(rows=rows, reference_floor=floor, timing_reference=tref)

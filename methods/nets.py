@@ -76,7 +76,7 @@ def count_params(module: nn.Module) -> int:
 class NetConfig:
     hidden: int = 256  # MLP width (points)
     depth: int = 3  # MLP hidden layers (points)
-    unet: str = "small"  # U-Net preset for images (see bench.methods.unet.PRESETS)
+    unet: str = "auto"  # U-Net preset for images: auto (tiny up to 16 px, else small), tiny, small, mnist, cifar10
 
 
 def build_net(spec, cfg: NetConfig, n_times: int = 1) -> nn.Module:

@@ -1,11 +1,11 @@
 import pytest
 import torch
-
-from bench import solvers
 from bench.datasets.base import DataSpec
 from bench.methods.base import EvalPoint
 from bench.methods.flow import Flow, FlowConfig, VelocityModel, ot_pair
 from bench.methods.interpolants import INTERPOLANTS, gaussian_flow
+
+from bench import solvers
 from bench.sampling import Samples, seeded_noise
 
 SPEC = DataSpec("toy", "points", (2,), True)

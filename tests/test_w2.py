@@ -11,7 +11,9 @@ def test_w2_matches_gaussian_closed_form_at_default_n():
     m1, m2 = np.zeros(2), np.array([1.0, -0.5])
     s1, s2 = np.diag([1.0, 0.25]), np.array([[0.8, 0.3], [0.3, 0.6]])
     x = torch.randn(5000, 2, generator=g, dtype=torch.float64) @ torch.tensor(np.linalg.cholesky(s1).T)
-    y = torch.randn(5000, 2, generator=g, dtype=torch.float64) @ torch.tensor(np.linalg.cholesky(s2).T) + torch.tensor(m2)
+    y = torch.randn(5000, 2, generator=g, dtype=torch.float64) @ torch.tensor(np.linalg.cholesky(s2).T) + torch.tensor(
+        m2
+    )
     est, proto = w2_exact(x + torch.tensor(m1), y)
     exact = gaussian_w2(m1, s1, m2, s2)
     assert abs(est - exact) / exact < 0.05

@@ -1,0 +1,123 @@
+"""The image U-Net: shapes for every supported size, the two-time initialisation contract, presets, and an
+end-to-end flow run on digits through the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bench.datasets.base import DataSpec
+from bench.methods.nets import NetConfig, build_net, count_params
+from bench.methods.unet import PRESETS, UNet, build_unet
+from PIL import Image
+
+from bench.errors import BenchError
+from bench.metrics.registry import MetricContext, MetricSpec
+from bench.registry import METRICS
+
+
+def _pixel_mean(gen, ctx: MetricContext) -> tuple[float, dict]:
+    """|mean pixel of the samples - mean pixel of the training split| (a cheap image metric for tests)."""
+    from bench.pixels import from_uint8
+
+    total = sum(float(b.clamp(-1, 1).sum()) for b in gen.batches())
+    ref = float(from_uint8(ctx.dataset.split_u8("train")).mean())
+    return abs(total / (len(gen) * ctx.dataset.spec.dim) - ref), {"reference": "training split mean"}
+
+
+def spec(*shape: int) -> DataSpec:
+    return DataSpec("img", "image", shape, exact_reference=False)
+
+
+@pytest.mark.parametrize("n_times", [1, 2])
+@pytest.mark.parametrize(
+    ("preset", "shape"), [("tiny", (1, 8, 8)), ("small", (1, 8, 8)), ("small", (1, 28, 28)), ("small", (3, 32, 32))]
+)
+def test_output_shape(preset, shape, n_times):
+    torch.manual_seed(0)
+    net = build_unet(spec(*shape), preset, n_times)
+    x = torch.randn(3, *shape)
+    ts = [torch.rand(3) for _ in range(n_times)]
+    y = net(*ts, x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    with pytest.raises(TypeError, match="time input"):
+        net(x)
+
+
+def test_odd_sizes_are_padded_and_cropped():
+    net = UNet(1, PRESETS["small"], 1, side=28)  # 3 levels: 28 -> 14 -> 7 (no padding needed)
+    assert net(torch.rand(2), torch.randn(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    net4 = UNet(1, PRESETS["cifar10"].__class__(8, (1, 2, 2, 2), 1), 1, side=28)  # 4 levels: padded to 32
+    assert net4(torch.rand(2), torch.randn(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    assert net4(torch.rand(1), torch.randn(1, 1, 9, 13)).shape == (1, 1, 9, 13)
+
+
+def test_two_time_net_from_one_time_net_is_exact_at_init():
+    torch.manual_seed(0)
+    one = build_unet(spec(1, 8, 8), "tiny", 1)
+    with torch.no_grad():  # a 'trained' teacher: no near-zero layers left
+        for p in one.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    two = build_unet(spec(1, 8, 8), "tiny", 2)
+    two.load_from_single_time(one)
+    one.eval(), two.eval()
+    x, t, s = torch.randn(4, 1, 8, 8), torch.rand(4), torch.rand(4)
+    y1 = one(t, x)
+    assert y1.abs().mean() > 1e-2
+    assert torch.equal(two(t, s, x), y1)
+    assert torch.equal(two(t, torch.zeros(4), x), y1)
+    # ... and the second time input can learn
+    two.train()
+    two(t, s, x).square().sum().backward()
+    assert two.times[1].net[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="incompatible"):
+        build_unet(spec(1, 8, 8), "small", 2).load_from_single_time(one)
+
+
+# parameter counts (recorded in the test ids); the EDM DDPM++ CIFAR-10 net (mults [2,2,2]) has 55.7M
+@pytest.mark.parametrize(
+    ("preset", "shape", "expected"),
+    [
+        ("tiny", (1, 8, 8), 715_201),
+        ("small", (1, 28, 28), 1_786_529),
+        ("mnist", (1, 28, 28), 2_656_353),
+        ("cifar10", (3, 32, 32), 62_859_139),
+    ],
+    ids=["tiny-0.72M", "small-1.79M", "mnist-2.66M", "cifar10-62.9M"],
+)
+def test_preset_parameter_counts(preset, shape, expected):
+    net = build_unet(spec(*shape), preset, 1)
+    assert count_params(net) == expected
+    p = PRESETS[preset]
+    if preset == "cifar10":
+        assert (p.channels, p.mults, p.blocks, p.attn, p.dropout) == (128, (1, 2, 2, 2), 4, (16,), 0.1)
+        assert sum(type(m).__name__ == "SelfAttention" for m in net.modules()) == 10  # 16x16: 4 enc + 5 dec; bottom
+    if preset == "mnist":
+        assert (p.channels, p.mults, p.blocks, p.dropout) == (32, (1, 2, 2), 4, 0.1)
+
+
+def test_build_net_picks_the_unet_and_rejects_unknown_presets():
+    assert NetConfig().unet == "auto"
+    assert isinstance(build_net(spec(1, 8, 8), NetConfig(), 1), UNet)
+    assert build_net(spec(1, 8, 8), NetConfig(), 1).preset == PRESETS["tiny"]
+    assert build_net(spec(1, 28, 28), NetConfig(), 1).preset == PRESETS["small"]
+    with pytest.raises(BenchError, match="unknown U-Net preset 'huge'"):
+        build_unet(spec(1, 8, 8), "huge", 1)
+
+
+def test_flow_on_digits_end_to_end_with_grids(bench_cli, monkeypatch):
+    # a cheap image metric, registered for this test only (the real image metrics have their own tests)
+    monkeypatch.setitem(METRICS._items, "test-pixel-mean", MetricSpec("test-pixel-mean", ("image",), _pixel_mean))
+    args = ["run", "--method", "flow", "--dataset", "digits", "--smoke", "--set", "train.steps=3"]
+    args += ["--set", "train.batch_size=32", "--set", "eval.n_gen=16", "--set", "eval.n_ref=16"]
+    args += ["--set", "eval.repeats=1", "--set", "eval.nfe=[1,2]", "--set", "eval.solvers=[euler]"]
+    args += ["--set", "eval.timing=false", "--set", "eval.metrics=[test-pixel-mean]"]
+    code, out, err = bench_cli(*args)
+    assert code == 0, out + err
+    (rec,) = bench_cli.records()
+    assert rec["status"] == "ok" and rec["data_spec"] == {"kind": "image", "shape": [1, 8, 8], "exact_reference": False}
+    assert [(r["solver"], r["nfe_requested"]) for r in rec["rows"]] == [("euler", 1), ("euler", 2)]
+    for r in rec["rows"]:
+        assert 0 <= r["metrics"]["test-pixel-mean"]["mean"] < 2
+        assert r["grid"] == f"grids/digits/{rec['run_id']}/flow-icfm_euler_{r['nfe_requested']}.png"
+        with Image.open(bench_cli.results / r["grid"]) as im:
+            assert im.mode == "L" and im.size == (2 + 8 * 34, 2 + 8 * 34)
