@@ -43,6 +43,11 @@ class EvalConfig:
     timing_repeats: int = 7
     timing: bool = True
     sliced_projections: int = 512  # for sliced W2 on high-dimensional data
+    inception_weights: str = (
+        ""  # torch-fidelity Inception state dict; "" = $BENCH_INCEPTION_WEIGHTS or the torch hub cache
+    )
+    cleanfid_weights: str = ""  # clean-fid TorchScript inception-2015-12-05.pt (fid_cleanfid / fid_clean)
+    allow_download: bool = False  # fetch missing metric weights when online (or BENCH_ALLOW_DOWNLOAD=1)
     exact_w2_max_dim: int = 64  # exact W2 up to this dimension; sliced W2 is always reported too
 
 

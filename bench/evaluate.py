@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from bench.grids import GridTarget, write_eval_grid
-from bench.metrics import MetricContext, applicable_metrics
+from bench.metrics import MetricContext
+from bench.metrics.registry import preflight
 from bench.sampling import Samples, TensorSamples, seeded_noise
 from bench.timing import default_timing_batch, device_name, time_call, time_sampler
 
@@ -41,7 +42,7 @@ def evaluate_points(
     With ``grids`` (image data) each row also gets ``"grid"``: a PNG of seeds eval.sample_seed .. +63.
     """
     spec = dataset.spec
-    metrics = applicable_metrics(spec, ev)
+    metrics = preflight(dataset, ev)
     refs = reference_sets(dataset, ev) if spec.kind == "points" else [None] * ev.repeats
     points = method.eval_points(ev.nfe, ev.solvers)
     method.eval()

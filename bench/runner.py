@@ -16,6 +16,7 @@ from bench import engine
 from bench.checkpoint import atomic_write_text
 from bench.config import RunConfig, build_run_config, deep_merge, load_yaml, parse_sets, run_config_dict
 from bench.errors import BenchError
+from bench.metrics.registry import preflight
 from bench.records import git_commit, now_utc, package_versions, write_record
 from bench.registry import DATASETS, METHODS
 
@@ -145,6 +146,7 @@ def train_run(
     if not resume and (workdir / "ckpt.pt").exists():
         raise BenchError(f"run {run_id} already exists in {runs_dir}; use --resume or another --run-id")
     dataset, method = build(cfg, workdir, device)
+    preflight(dataset, cfg.eval)
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(workdir / "config.yaml", yaml.safe_dump(cdict, sort_keys=False))
     state = engine.train(method, dataset, cfg, cdict, workdir, device, resume=resume, progress=progress)

@@ -61,3 +61,12 @@ def applicable_metrics(spec: Any, eval_cfg: Any) -> list[MetricSpec]:
         if spec.kind in m.kinds and (m.applies is None or m.applies(spec, eval_cfg)):
             out.append(m)
     return out
+
+
+def preflight(dataset: Any, eval_cfg: Any) -> list[MetricSpec]:
+    """The metrics a run will use, each checked up front (missing weights fail before any training)."""
+    chosen = applicable_metrics(dataset.spec, eval_cfg)
+    for m in chosen:
+        if m.check is not None:
+            m.check(dataset, eval_cfg)
+    return chosen
