@@ -100,9 +100,15 @@ class _Toy2D(Dataset):
         return type(self).sampler(n, gen).float()
 
 
-def _toy(name: str, fn) -> type[_Toy2D]:
-    cls = type(f"Toy_{name}", (_Toy2D,), {"sampler": staticmethod(fn), "name": name, "__doc__": fn.__doc__})
-    return register_dataset(name)(cls)
+def _toy(name: str, fn, **attrs) -> type[_Toy2D]:
+    body = {"sampler": staticmethod(fn), "name": name, "__doc__": fn.__doc__, **attrs}
+    return register_dataset(name)(type(f"Toy_{name}", (_Toy2D,), body))
+
+
+# mode centres and per-mode std of the mixtures, for the mode-coverage metrics (bench.metrics.modes)
+_S2 = 1.0 / math.sqrt(2)
+_8G = [(1, 0), (-1, 0), (0, 1), (0, -1), (_S2, _S2), (_S2, -_S2), (-_S2, _S2), (-_S2, -_S2)]
+_MODES = {"8gaussians": {"modes": 4.0 * torch.tensor(_8G) / 1.414, "mode_std": 0.5 / 1.414}}
 
 
 for _name, _fn in {
@@ -114,7 +120,7 @@ for _name, _fn in {
     "pinwheel": pinwheel,
     "2spirals": two_spirals,
 }.items():
-    _toy(_name, _fn)
+    _toy(_name, _fn, **_MODES.get(_name, {}))
 
 
 @dataclass
@@ -143,6 +149,15 @@ class GaussianMixture(Dataset):
         self.means = cfg.radius * mu / mu.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.std = cfg.std
         super().__init__(DataSpec("gmm", "points", (cfg.dim,), exact_reference=True), cfg.n_train, seed)
+
+    @property
+    def modes(self) -> Tensor:
+        """Mode centres, for the mode-coverage metrics (bench.metrics.modes)."""
+        return self.means
+
+    @property
+    def mode_std(self) -> float:
+        return self.std
 
     def draw(self, n: int, gen: torch.Generator) -> Tensor:
         k = torch.randint(0, self.means.shape[0], (n,), generator=gen)

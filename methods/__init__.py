@@ -1,3 +1,3 @@
 """Methods (installed as ``bench.methods``). Importing this package registers the built-in methods."""
 
-from bench.methods import chargen, flow  # noqa: F401  (registers)
+from bench.methods import chargen, flow, gan  # noqa: F401  (registers)
