@@ -199,7 +199,7 @@ def sample(
     save_checkpoint(
         output, {"samples": x, "label": pt.label, "solver": pt.solver, "nfe": used, "first_seed": first_seed}
     )
-    out.print(f"{n} samples ({pt.label}, {pt.solver}, NFE {used:g}) -> {output}")
+    out.print(escape(f"{n} samples ({pt.label}, {pt.solver}, NFE {used:g}) -> {output}"))
 
 
 @app.command(name="eval")

@@ -118,9 +118,10 @@ def train(
                             f"; last good checkpoint kept at {ckpt_path}"
                             + ("" if ckpt_path.exists() else " (none was written yet)")
                         )
-                    if stage.ema_decay > 0:
-                        for ema, online in stage.ema:
-                            ema_update(ema, online, stage.ema_decay)
+                    # EMA with the usual warm-up (decay <= (1 + step) / (10 + step)); decay 0 copies the weights
+                    decay = min(stage.ema_decay, (1 + step) / (10 + step))
+                    for ema, online in stage.ema:
+                        ema_update(ema, online, decay)
                     state.step = step + 1
                     state.last_logs[stage.name] = logs
                     if (step + 1) % tc.log_every == 0 or step + 1 == stage.steps:
