@@ -30,6 +30,11 @@ class TrainState:
     stage_info: dict[str, Any] = field(default_factory=dict)
 
 
+def _training_part(config: dict) -> dict:
+    """The config minus its evaluation section (which never changes what is trained)."""
+    return {k: v for k, v in config.items() if k != "eval"}
+
+
 def _rng_state(data_gen: torch.Generator) -> dict:
     st = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
     if torch.cuda.is_available():
@@ -63,7 +68,7 @@ def train(
     state = TrainState()
     if resume:
         ck = load_checkpoint(ckpt_path, map_location=device)
-        if ck["config"] != config_dict:
+        if _training_part(ck["config"]) != _training_part(config_dict):
             raise BenchError(f"cannot resume {ckpt_path}: the resolved config differs from the checkpoint's")
         method.load_state_dict(ck["method_state"])
         for s in stages:
@@ -143,7 +148,7 @@ def train(
 def load_trained(method: Method, workdir: Path, device: torch.device, config_dict: dict | None = None) -> TrainState:
     """Load the final weights of a finished run into ``method`` (for sampling and evaluation)."""
     ck = load_checkpoint(workdir / "ckpt.pt", map_location=device)
-    if config_dict is not None and ck["config"] != config_dict:
+    if config_dict is not None and _training_part(ck["config"]) != _training_part(config_dict):
         raise BenchError(f"{workdir}/ckpt.pt was trained with another config")
     stages = method.stages()
     state = TrainState(**ck["train_state"])
