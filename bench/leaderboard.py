@@ -129,9 +129,12 @@ def build_tables(records: list[dict]) -> list[dict]:
                     else None,
                     "seeds": len({r["seed"] for r in recs}),
                     "runs": sorted({r["run_id"] for r in recs}),
+                    "config": _ckey,
                 }
             )
-        rows.sort(key=lambda r: (r["method"], SOLVER_ORDER.get(r["solver"], 9), r["solver"], r["nfe_sort"]))
+        rows.sort(
+            key=lambda r: (r["method"], r["config"], SOLVER_ORDER.get(r["solver"], 9), r["solver"], r["nfe_sort"])
+        )
         floor = {m: [v for f in t["floors"] for v in f.get(m, {}).get("values", [])] for m in metrics}
         out.append(
             {
@@ -157,10 +160,12 @@ def render_markdown(tables: list[dict]) -> str:
     lines = [
         "# onestep-bench leaderboard",
         "",
-        "Rendered by `bench leaderboard` from `results/runs/**/*.json` only; do not edit by hand.",
+        "Rendered by `bench leaderboard` from `runs/**/*.json` records only; do not edit by hand.",
         "Quality: mean ± std over all (training seed × evaluation repeat) values. Time: median per-sample",
         "wall-clock of sampler + network at the stated batch; `× fwd` = that time over one bare forward",
         "pass of the same run's sampling network measured in the same process (comparable across devices).",
+        "`config` = hash of the resolved config without the seed: rows with the same label but another config",
+        "(budget, K, ...) are different experiments; the record holds the full config.",
         "",
     ]
     for t in tables:
@@ -184,6 +189,7 @@ def render_markdown(tables: list[dict]) -> str:
             "train",
             "device",
             "seeds",
+            "config",
             "run",
         ]
         lines.append("| " + " | ".join(head) + " |")
@@ -207,6 +213,7 @@ def render_markdown(tables: list[dict]) -> str:
                 _fmt_wall(r["train_s"]),
                 r["device"],
                 str(r["seeds"]),
+                f"`{r['config']}`",
                 f"`{runs}`",
             ]
             lines.append("| " + " | ".join(cells) + " |")
