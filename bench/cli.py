@@ -209,12 +209,22 @@ def eval_(
     device: DeviceOpt = "auto",
     out_dir: OutOpt = Path("results"),
     plugin: PluginOpt = None,
+    timing_only: Annotated[
+        bool, typer.Option("--timing-only", help="re-measure only the timing of its record")
+    ] = False,
 ) -> None:
     """Evaluate a trained run (eval.* may be overridden with --set), write its record, re-render."""
     from bench import leaderboard
     from bench.runner import evaluate_and_record, load_run, resolve_device
 
     _setup(plugin)
+    if timing_only:
+        from bench.runner import retime_run
+
+        path = retime_run(run_dir, out_dir, resolve_device(device))
+        leaderboard.render(out_dir)
+        console.print(f"re-timed: {path}")
+        return
     for s in set_ or []:
         if not s.startswith("eval."):
             raise BenchError(f"bench eval only accepts eval.* overrides (got {s!r})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -46,18 +47,6 @@ def evaluate_points(
     refs = reference_sets(dataset, ev) if spec.kind == "points" else [None] * ev.repeats
     points = method.eval_points(ev.nfe, ev.solvers)
     method.eval()
-    tb = default_timing_batch(device, ev.timing_batch)
-    timing_noise = seeded_noise(method.noise_shape, range(ev.sample_seed - tb, ev.sample_seed)).to(device)
-    fwd = method.forward_reference()
-    timing_ref = None
-    if ev.timing:
-        t = time_call(fwd, timing_noise, ev.timing_repeats)
-        timing_ref = {
-            "what": "one forward pass of the sampling network",
-            "batch": tb,
-            "per_sample_s": t["median_s"] / tb,
-            "device": device_name(device),
-        }
     task = progress.add_task("evaluate", total=len(points) * ev.repeats) if progress else None
     rows = []
     for p in points:
@@ -83,25 +72,48 @@ def evaluate_points(
                 k: {**_summary(v), "protocol": _metric_protocol(protos[k], ev, spec)} for k, v in values.items()
             },
         }
-        if ev.timing:
-
-            def run(z, p=p):
-                return method.sample(z, p)
-
-            tm = time_sampler(run, timing_noise, ev.timing_repeats)
-            tm.update(
-                device=device_name(device),
-                dtype="float32",
-                torch=torch.__version__,
-                compile=False,
-                ratio_to_forward=tm["per_sample_s"] / timing_ref["per_sample_s"],
-            )
-            row["timing"] = tm
         if grids is not None:  # sample grid (image data): same seeds for every method
             row["grid"] = write_eval_grid(method, p, ev.sample_seed, device, grids)
         rows.append(row)
     floor = reference_floor(dataset, ev, refs, metrics, cache_dir)
+    timing_ref = None
+    if ev.timing:  # all timings back to back, after the metrics, under the same conditions
+        timing_ref, timings = time_points(method, points, ev, device)
+        for row, tm in zip(rows, timings, strict=True):
+            row["timing"] = tm
     return rows, floor, timing_ref
+
+
+@torch.no_grad()
+def time_points(method: Any, points: list, ev: Any, device: torch.device) -> tuple[dict, list[dict]]:
+    """Per-sample time (and batch-1 latency) of every eval point on pre-drawn noise, plus one bare
+    forward pass of the sampling network (the unit of the ``ratio_to_forward`` column)."""
+    method.eval()
+    tb = default_timing_batch(device, ev.timing_batch)
+    noise = seeded_noise(method.noise_shape, range(ev.sample_seed - tb, ev.sample_seed)).to(device)
+    t = time_call(method.forward_reference(), noise, ev.timing_repeats)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    ref = {
+        "what": "one forward pass of the sampling network",
+        "batch": tb,
+        "per_sample_s": t["median_s"] / tb,
+        "device": device_name(device),
+        "load_avg_1min": load,
+        "threads": torch.get_num_threads(),
+    }
+    out = []
+    for p in points:
+        tm = time_sampler(lambda z, p=p: method.sample(z, p), noise, ev.timing_repeats)
+        tm.update(
+            device=device_name(device),
+            dtype="float32",
+            torch=torch.__version__,
+            compile=False,
+            ratio_to_forward=tm["per_sample_s"] / ref["per_sample_s"],
+            load_avg_1min=load,
+        )
+        out.append(tm)
+    return ref, out
 
 
 def reference_floor(dataset, ev, refs, metrics, cache_dir, sample_batch: int = 2500) -> dict:

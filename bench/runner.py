@@ -226,3 +226,25 @@ def base_record(cfg: RunConfig, run_id: str, workdir: Path, dataset, method, sta
         "workdir": str(workdir),
         "rows": [],
     }
+
+
+def retime_run(workdir: Path, results_dir: Path, device: torch.device) -> Path:
+    """Re-measure only the timing of a finished run's record (e.g. on a quiet machine); metrics untouched."""
+    import json
+
+    from bench.evaluate import time_points
+    from bench.methods.base import EvalPoint
+    from bench.records import record_path
+
+    cfg, _, method, _ = load_run(workdir, device)
+    path = record_path(results_dir, cfg.dataset_name, Path(workdir).name)
+    if not path.is_file():
+        raise BenchError(f"no record for run {Path(workdir).name} in {results_dir}")
+    rec = json.loads(path.read_text())
+    points = [EvalPoint(r["label"], r["solver"], r["nfe_requested"]) for r in rec["rows"]]
+    ref, timings = time_points(method, points, cfg.eval, device)
+    for row, tm in zip(rec["rows"], timings, strict=True):
+        row["timing"] = tm
+    rec["timing_reference"] = ref
+    rec.pop("schema", None)
+    return write_record(results_dir, rec)

@@ -34,6 +34,13 @@ def test_smoke_run_writes_record_and_leaderboard(bench_cli):
     # stages: eval from the run folder, sample to a file
     code, _, err = bench_cli("eval", "--run", str(wd), "--set", "eval.nfe=[2]", "--set", "eval.solvers=[euler]")
     assert code == 0, err
+    # re-measure only the timing: metrics untouched, timing refreshed
+    before = json.loads(next(bench_cli.results.glob("runs/**/*.json")).read_text())
+    code, _, err = bench_cli("eval", "--run", str(wd), "--timing-only")
+    assert code == 0, err
+    after = json.loads(next(bench_cli.results.glob("runs/**/*.json")).read_text())
+    assert [r["metrics"] for r in after["rows"]] == [r["metrics"] for r in before["rows"]]
+    assert all("load_avg_1min" in r["timing"] for r in after["rows"])
     code, _, err = bench_cli("sample", "--run", str(wd), "--solver", "euler", "--nfe", "3", "-n", "10")
     assert code == 0, err
     assert (wd / "samples-euler-3.pt").exists()
