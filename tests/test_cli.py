@@ -208,8 +208,21 @@ def _bench(tmp_path, *args):
 
 def test_third_party_method_via_plugin_flag_reaches_the_leaderboard(tmp_path):
     (tmp_path / "my_methods.py").write_text(PLUGIN)
-    r = _bench(tmp_path, "run", "--plugin", "my_methods", "--method", "moment-gauss", "--dataset", "8gaussians",
-               "--smoke", "--out", "res", "--runs-dir", "runs")
+    r = _bench(
+        tmp_path,
+        "run",
+        "--plugin",
+        "my_methods",
+        "--method",
+        "moment-gauss",
+        "--dataset",
+        "8gaussians",
+        "--smoke",
+        "--out",
+        "res",
+        "--runs-dir",
+        "runs",
+    )
     assert r.returncode == 0, r.stderr
     assert "moment-gauss" in (tmp_path / "res" / "LEADERBOARD.md").read_text()
 
@@ -223,8 +236,19 @@ def test_third_party_method_via_entry_point_is_listed(tmp_path):
     r = _bench(tmp_path, "list")
     assert r.returncode == 0, r.stderr
     assert "moment-gauss" in r.stdout
-    r = _bench(tmp_path, "run", "--method", "moment-gauss", "--dataset", "moons", "--smoke", "--out", "res",
-               "--runs-dir", "runs")
+    r = _bench(
+        tmp_path,
+        "run",
+        "--method",
+        "moment-gauss",
+        "--dataset",
+        "moons",
+        "--smoke",
+        "--out",
+        "res",
+        "--runs-dir",
+        "runs",
+    )
     assert r.returncode == 0, r.stderr
     rec = json.loads(next((tmp_path / "res" / "runs" / "moons").glob("*.json")).read_text())
     assert rec["method"] == "moment-gauss" and rec["rows"][0]["metrics"]["w2"]["mean"] < 1.0
