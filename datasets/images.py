@@ -34,6 +34,19 @@ def _check_n_train(n_train: int) -> None:
         raise BenchError("data.n_train must be >= 0 (0 = the whole training split)")
 
 
+def _try_download(download, enabled: bool) -> str:
+    """Run ``download`` when allowed; returns the end of the missing-files message (what was tried)."""
+    if not enabled:
+        return "or set data.download=true (--set data.download=true) on a machine with network access"
+    try:
+        download()
+    except Exception as e:  # noqa: BLE001 - any download failure becomes part of the one message
+        return (
+            f"the download was tried (download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        )
+    return "the download was tried"
+
+
 class ImageDataset(Dataset):
     """Base class: subclasses implement :meth:`_load` (one split as uint8 ``(N, C, H, W)``).
 
@@ -188,19 +201,12 @@ class _MNISTLike(ImageDataset):
                 except OSError as e:
                     (raw / f).unlink(missing_ok=True)
                     raise BenchError(f"cannot unpack {gz}: {e}") from None
-        failure = ""
-        if self._missing(raw) and cfg.download:
-            try:
-                getattr(torchvision.datasets, self.tv_class)(cfg.root, train=True, download=True)
-            except Exception as e:  # noqa: BLE001 - any download failure becomes the one message below
-                failure = f" (download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        how = _try_download(
+            lambda: getattr(torchvision.datasets, self.tv_class)(cfg.root, train=True, download=True),
+            cfg.download and bool(self._missing(raw)),
+        )
         missing = self._missing(raw)
         if missing:
-            how = (
-                "the download was tried" + failure
-                if cfg.download
-                else "or set data.download=true (--set data.download=true) on a machine with network access"
-            )
             raise BenchError(
                 f"{self.name} not found: expected {', '.join(str(raw / f) for f in MNIST_FILES)} "
                 f"(missing: {', '.join(missing)}; the official .gz files are also accepted); "
@@ -321,19 +327,12 @@ class CIFAR10(ImageDataset):
         import torchvision
         from torchvision.datasets.utils import check_integrity
 
-        failure = ""
-        if self._missing() and cfg.download:
-            try:
-                torchvision.datasets.CIFAR10(cfg.root, train=True, download=True)
-            except Exception as e:  # noqa: BLE001 - any download failure becomes the one message below
-                failure = f" (download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        how = _try_download(
+            lambda: torchvision.datasets.CIFAR10(cfg.root, train=True, download=True),
+            cfg.download and bool(self._missing()),
+        )
         missing = self._missing()
         if missing:
-            how = (
-                "the download was tried" + failure
-                if cfg.download
-                else "or set data.download=true (--set data.download=true) on a machine with network access"
-            )
             raise BenchError(
                 f"cifar10 not found: expected {self.folder}/data_batch_1 .. data_batch_5, test_batch, batches.meta "
                 f"(missing: {', '.join(missing)}); unpack cifar-10-python.tar.gz from "
