@@ -117,14 +117,18 @@ def time_points(method: Any, points: list, ev: Any, device: torch.device) -> tup
 
 
 def reference_floor(dataset, ev, refs, metrics, cache_dir, sample_batch: int = 2500) -> dict:
-    """The metric between independent reference sets of the generated size: how close to 0 it can get."""
+    """Each metric of real data (``dataset.floor_reference``: fresh draws of the exact law, or a held-out
+    split for images) against the metric's reference: how close to 0 a model can honestly get. Each
+    summary carries ``what``, the line saying which real data was scored."""
     vals: dict[str, list[float]] = {m.name: [] for m in metrics}
+    what = ""
     for r in range(ev.repeats):
-        other = TensorSamples(dataset.reference(ev.n_gen, ev.ref_seed + 500_000 + r), sample_batch)
+        x, what = dataset.floor_reference(ev.n_gen, ev.ref_seed + 500_000 + r)
+        other = TensorSamples(x, sample_batch)
         ctx = MetricContext(refs[r], dataset, ev, r, cache_dir)
         for m in metrics:
             vals[m.name].append(m(other, ctx)[0])
-    return {k: _summary(v) for k, v in vals.items()}
+    return {k: {**_summary(v), "what": what} for k, v in vals.items()}
 
 
 def _merge_proto(old: dict | None, new: dict) -> dict:

@@ -136,6 +136,7 @@ def build_tables(records: list[dict]) -> list[dict]:
             key=lambda r: (r["method"], r["config"], SOLVER_ORDER.get(r["solver"], 9), r["solver"], r["nfe_sort"])
         )
         floor = {m: [v for f in t["floors"] for v in f.get(m, {}).get("values", [])] for m in metrics}
+        floor_what = sorted({s.get("what", "") for f in t["floors"] for s in f.values()} - {""})
         out.append(
             {
                 "title": t["title"],
@@ -143,6 +144,7 @@ def build_tables(records: list[dict]) -> list[dict]:
                 "metrics": metrics,
                 "rows": rows,
                 "floor": floor,
+                "floor_what": floor_what,
                 "proto": t["proto"],
                 "diverged": sorted(r["run_id"] for r in t["diverged"]),
             }
@@ -217,6 +219,9 @@ def render_markdown(tables: list[dict]) -> str:
                 f"`{runs}`",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+        if any(t["floor"].values()) and t.get("floor_what"):
+            lines.append("")
+            lines.append("*reference floor*: " + "; ".join(t["floor_what"]) + ".")
         if t["diverged"]:
             lines.append("")
             lines.append("Diverged runs (no rows): " + ", ".join(f"`{x}`" for x in t["diverged"]))

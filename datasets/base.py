@@ -55,6 +55,11 @@ class Dataset:
         """``n`` reference samples for metrics, independent of the training draws."""
         return self.draw(n, torch.Generator().manual_seed(seed))
 
+    def floor_reference(self, n: int, seed: int) -> tuple[Tensor, str]:
+        """Real samples scored against the metric reference to give the table's *reference floor*, and one
+        line saying what they are (stored with the floor). Here: fresh draws from the exact data law."""
+        return self.reference(n, seed), f"fresh samples of the exact data law (n={n}), independent of the reference"
+
 
 def build_dataset(name: str, cfg: object, seed: int = 0) -> Dataset:
     from bench.registry import DATASETS

@@ -114,6 +114,24 @@ class ImageDataset(Dataset):
         idx = torch.cat([torch.randperm(len(train), generator=g) for _ in range(reps)])[:n]
         return from_uint8(train[idx])
 
+    def floor_reference(self, n: int, seed: int) -> tuple[Tensor, str]:
+        """The held-out ``test`` split (a seeded subset of at most ``n`` images) against the training
+        reference: what a model that generalises perfectly would score. Without a test split the floor is
+        resampled training images, i.e. what a model that *memorises* its training set would score, and the
+        returned line says so."""
+        if "test" not in self.splits:
+            return self.reference(n, seed), (
+                f"training images resampled (n={n}): a memorising model's score, not a generalisation floor "
+                f"({self.name} has no held-out split)"
+            )
+        test = self.split_u8("test")
+        k = min(n, len(test))
+        idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:k]
+        note = f"held-out test split (n={k}) vs the training reference: a perfectly generalising model's score"
+        if k < n:
+            note += f" at n={k} (generated sets use n={n}; Fréchet distances are biased upward at small n)"
+        return from_uint8(test[idx]), note
+
 
 # ----------------------------------------------------------------------------------------------
 # digits (scikit-learn, bundled)

@@ -27,6 +27,7 @@ def test_smoke_run_writes_record_and_leaderboard(bench_cli):
     assert rec["config"]["train"]["steps"] == 150
     md = (bench_cli.results / "LEADERBOARD.md").read_text()
     assert "reference floor" in md and "flow[icfm]" in md
+    assert "exact data law" in rec["reference_floor"]["w2"]["what"] and "*reference floor*: fresh samples" in md
     # the run folder holds the resolved config, the checkpoint and the log
     wd = Path(rec["workdir"])
     assert (wd / "config.yaml").exists() and (wd / "ckpt.pt").exists() and (wd / "log.jsonl").exists()

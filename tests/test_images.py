@@ -104,6 +104,21 @@ def test_train_batches_and_reference_in_range_seeded_from_training_split():
     assert ds.reference(2000, 0).shape == (2000, 1, 8, 8)
 
 
+def test_image_floor_is_the_held_out_split_and_says_so(tmp_path):
+    ds = make("digits")
+    x, what = ds.floor_reference(2048, 3)
+    assert x.shape == (297, 1, 8, 8) and "held-out test split (n=297)" in what and "n=2048" in what
+    test = sorted(map(bytes, ds.split_u8("test").numpy()))
+    assert sorted(map(bytes, to_uint8(x).numpy())) == test  # all of it, none of the training images
+    small, what = ds.floor_reference(100, 3)
+    assert small.shape == (100, 1, 8, 8) and torch.equal(small, ds.floor_reference(100, 3)[0])
+    assert "biased" not in what
+    fake_folder(tmp_path)  # no held-out split: the floor says it is a memorising model's score
+    with pytest.warns(UserWarning):
+        folder = make("imagefolder", root=str(tmp_path), resolution=8)
+    assert "memorising" in folder.floor_reference(4, 0)[1]
+
+
 def test_n_train_restricts_training_batches_only():
     ds = make("digits", n_train=10)
     seen = {bytes(x) for x in to_uint8(ds.train_batch(500, torch.Generator().manual_seed(0))).numpy()}
