@@ -141,7 +141,10 @@ class Chargen(Method):
         self.teacher_cfg = tcfg
         self.teacher = Flow(tcfg, spec, train, workdir)
         if self.teacher_run is not None:
-            self.teacher.load_state_dict(self._teacher_ckpt["method_state"])
+            try:
+                self.teacher.load_state_dict(self._teacher_ckpt["method_state"])
+            except RuntimeError as e:  # same data set, but the weights do not fit the network they name
+                raise BenchError(f"teacher {cfg.teacher.run}: weights do not match its network ({e})") from None
             self.teacher_train_s = self._teacher_ckpt["train_state"]["wall_s"]
             del self._teacher_ckpt
         net_cfg = cfg.net or tcfg.net
@@ -422,9 +425,11 @@ def _resolve_teacher(ref: str, spec, workdir) -> tuple[str, FlowConfig, dict]:
     if ck["train_state"]["stage"] < 1:
         raise BenchError(f"teacher {ck_path} is unfinished")
     tcfg = from_dict(FlowConfig, fcfg, prefix="teacher.")
-    w = ck["method_state"].get("net.inp.weight")
-    if w is not None and w.shape[1] != spec.dim:
-        raise BenchError(f"teacher {ck_path} has input dimension {w.shape[1]}, data has {spec.dim}")
+    w = ck["method_state"].get("net.inp.weight")  # MLP: (hidden, dim); U-Net: (channels, C, k, k)
+    want = spec.dim if w is not None and w.ndim == 2 else spec.shape[0]
+    if w is not None and w.shape[1] != want:
+        what = "input dimension" if w.ndim == 2 else "input channels"
+        raise BenchError(f"teacher {ck_path} has {what} {w.shape[1]}, data has {want}")
     ck["train_state"] = {
         **ck["train_state"],
         "wall_s": {"teacher": ck["train_state"]["wall_s"].get("teacher", ck["train_state"]["wall_s"].get("flow"))},

@@ -121,3 +121,16 @@ def test_flow_on_digits_end_to_end_with_grids(bench_cli, monkeypatch):
         assert r["grid"] == f"grids/digits/{rec['run_id']}/flow-icfm_euler_{r['nfe_requested']}.png"
         with Image.open(bench_cli.results / r["grid"]) as im:
             assert im.mode == "L" and im.size == (2 + 8 * 34, 2 + 8 * 34)
+
+    # chargen on images, reusing that U-Net teacher: one-step and 2-step rows, a grid per row
+    args = ["run", "--method", "chargen", "--dataset", "digits", "--smoke", "--set", "train.batch_size=16"]
+    args += ["--set", f"method.teacher.run={rec['run_id']}", "--set", "method.euler_steps=4"]
+    args += ["--set", "method.n_traj=32", "--set", "method.fit_steps=2", "--set", "method.compose=[1,2]"]
+    args += ["--set", "method.teacher_solvers=[]", "--set", "eval.nfe=[1]", "--set", "eval.n_gen=16"]
+    args += ["--set", "eval.n_ref=16", "--set", "eval.repeats=1", "--set", "eval.timing=false"]
+    args += ["--set", "eval.metrics=[test-pixel-mean]"]
+    code, out, err = bench_cli(*args)
+    assert code == 0, out + err
+    ch = next(r for r in bench_cli.records() if r["method"] == "chargen")
+    assert ch["extra"]["teacher"]["run"] == rec["run_id"]
+    assert sorted(r["nfe"] for r in ch["rows"]) == [1, 2] and all(r["grid"].endswith(".png") for r in ch["rows"])
