@@ -17,6 +17,12 @@ def _row(rec: dict, pred) -> dict | None:
     return next((r for r in rec.get("rows", []) if pred(r)), None)
 
 
+def _paired_ratio(a: dict, b: dict) -> tuple[float, float]:
+    """Per-repeat ratios a_r / b_r (same noise seeds): (mean, std)."""
+    rs = [x / y for x, y in zip(a["values"], b["values"], strict=False) if y]
+    return (statistics.fmean(rs), statistics.stdev(rs)) if len(rs) > 1 else (a["mean"] / b["mean"], 0.0)
+
+
 def chargen_targets(records: list[dict]) -> list[dict[str, Any]]:
     out = []
     for rec in records:
@@ -31,33 +37,40 @@ def chargen_targets(records: list[dict]) -> list[dict[str, Any]]:
         if one is None or metric not in one["metrics"]:
             continue
         q = one["metrics"][metric]["mean"]
+        q_std = one["metrics"][metric].get("std", 0.0)
         row = {
             "dataset": rec["dataset"],
             "run": rec["run_id"],
             "label": one["label"],
             "metric": metric,
             "chargen": q,
+            "chargen_std": q_std,
             "teacher_nfe": t_nfe,
             "max_ratio": max_ratio,
         }
         if t_ref:
             row["teacher_ref"] = t_ref["metrics"][metric]["mean"]
+            row["teacher_ref_std"] = t_ref["metrics"][metric].get("std", 0.0)
             row["ratio_ref"] = q / row["teacher_ref"]
+            row["ratio_ref_std"] = _paired_ratio(one["metrics"][metric], t_ref["metrics"][metric])[1]
         if t_one:
             row["teacher_1"] = t_one["metrics"][metric]["mean"]
             row["ratio_1"] = q / row["teacher_1"]
         if one.get("timing"):
             row["x_fwd"] = one["timing"]["ratio_to_forward"]
             row["device"] = one["timing"]["device"]
-            t128 = next((r for r in teach if r["nfe_requested"] == 128 and r.get("timing")), None)
-            if t128:
-                row["speedup_vs_128"] = t128["timing"]["per_sample_s"] / one["timing"]["per_sample_s"]
+            if t_ref and t_ref.get("timing"):
+                row["speedup_vs_ref"] = t_ref["timing"]["per_sample_s"] / one["timing"]["per_sample_s"]
         out.append(row)
     return sorted(out, key=lambda r: (r["dataset"], r["run"]))
 
 
 def _f(x: float | None, fmt: str = "{:.3f}") -> str:
     return "-" if x is None else fmt.format(x)
+
+
+def _pm(x: float | None, sd: float | None, fmt: str = "{:.4f}") -> str:
+    return "-" if x is None else fmt.format(x) + ("" if not sd else " ± " + fmt.format(sd))
 
 
 def _ok(cond: bool | None) -> str:
@@ -72,7 +85,8 @@ def render_targets(records: list[dict]) -> str:
         "Quality: chargen at NFE 1 vs its own teacher (Euler) in the same run. Targets: W2 <= 1.1 x teacher at",
         "NFE 128 and <= 0.5 x teacher at NFE 1 (points); FD_digits <= 1.3 x teacher at NFE 64 (digits).",
         "Speed: `x fwd` = per-sample time at NFE 1 / one bare forward pass (target <= 1.10); `speed-up` =",
-        "teacher NFE 128 / chargen NFE 1 per-sample time (target >= 50), measured in one process.",
+        "teacher at the reference NFE / chargen NFE 1 per-sample time (target >= 50), measured in one process.",
+        "Spread (±): std over evaluation repeats; the ratio's is the std of per-repeat ratios (same noise seeds).",
         "",
         "| data | run | metric | chargen NFE 1 | teacher ref NFE | teacher | ratio | ok | teacher NFE 1 | ratio | ok "
         "| x fwd | ok | speed-up | ok |",
@@ -80,10 +94,11 @@ def render_targets(records: list[dict]) -> str:
     ]
     for r in rows:
         rr, r1 = r.get("ratio_ref"), r.get("ratio_1")
-        xf, sp = r.get("x_fwd"), r.get("speedup_vs_128")
+        xf, sp = r.get("x_fwd"), r.get("speedup_vs_ref")
         lines.append(
-            f"| {r['dataset']} | `{r['run']}` | {r['metric']} | {r['chargen']:.4f} | {r['teacher_nfe']} | "
-            f"{_f(r.get('teacher_ref'), '{:.4f}')} | {_f(rr)} | {_ok(None if rr is None else rr <= r['max_ratio'])} | "
+            f"| {r['dataset']} | `{r['run']}` | {r['metric']} | {_pm(r['chargen'], r['chargen_std'])} | "
+            f"{r['teacher_nfe']} | {_pm(r.get('teacher_ref'), r.get('teacher_ref_std'))} | "
+            f"{_pm(rr, r.get('ratio_ref_std'), '{:.3f}')} | {_ok(None if rr is None else rr <= r['max_ratio'])} | "
             f"{_f(r.get('teacher_1'), '{:.4f}')} | {_f(r1)} | {_ok(None if r1 is None else r1 <= 0.5)} | "
             f"{_f(xf, '{:.2f}')} | {_ok(None if xf is None else xf <= 1.10)} | {_f(sp, '{:.0f}')} | "
             f"{_ok(None if sp is None else sp >= 50)} |"
