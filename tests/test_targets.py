@@ -44,6 +44,7 @@ def test_ratio_is_paired_over_repeats_and_uses_the_kinds_reference_nfe(kind, met
     assert r["ratio_ref"] == pytest.approx(3.7 / 3.0)
     assert r["ratio_ref_std"] == pytest.approx(statistics.stdev([3.0 / 2.0, 4.4 / 4.0]))  # paired, not pooled
     assert r["speedup_vs_ref"] == pytest.approx(64.0)
+    assert r["min_speedup"] == (50.0 if kind == "points" else None)  # no speed target was set for images
     md = render_targets([_record(kind, metric, t_nfe)])
     assert f"| 1.233 ± 0.283 | {ok} |" in md and "3.7000 ± 0.1000" in md and "| 64 |" in md
 
