@@ -219,7 +219,7 @@ def render_markdown(tables: list[dict]) -> str:
                 f"`{runs}`",
             ]
             lines.append("| " + " | ".join(cells) + " |")
-        if any(t["floor"].values()) and t.get("floor_what"):
+        if t["floor_what"]:
             lines.append("")
             lines.append("*reference floor*: " + "; ".join(t["floor_what"]) + ".")
         if t["diverged"]:

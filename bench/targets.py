@@ -18,10 +18,10 @@ def _row(rec: dict, pred) -> dict | None:
     return next((r for r in rec.get("rows", []) if pred(r)), None)
 
 
-def _paired_ratio(a: dict, b: dict) -> tuple[float, float]:
-    """Per-repeat ratios a_r / b_r (same noise seeds): (mean, std)."""
+def _paired_ratio_std(a: dict, b: dict) -> float:
+    """Std of the per-repeat ratios a_r / b_r (same noise seeds per repeat); 0 with one repeat."""
     rs = [x / y for x, y in zip(a["values"], b["values"], strict=False) if y]
-    return (statistics.fmean(rs), statistics.stdev(rs)) if len(rs) > 1 else (a["mean"] / b["mean"], 0.0)
+    return statistics.stdev(rs) if len(rs) > 1 else 0.0
 
 
 def chargen_targets(records: list[dict]) -> list[dict[str, Any]]:
@@ -54,7 +54,7 @@ def chargen_targets(records: list[dict]) -> list[dict[str, Any]]:
             row["teacher_ref"] = t_ref["metrics"][metric]["mean"]
             row["teacher_ref_std"] = t_ref["metrics"][metric].get("std", 0.0)
             row["ratio_ref"] = q / row["teacher_ref"]
-            row["ratio_ref_std"] = _paired_ratio(one["metrics"][metric], t_ref["metrics"][metric])[1]
+            row["ratio_ref_std"] = _paired_ratio_std(one["metrics"][metric], t_ref["metrics"][metric])
         if t_one:
             row["teacher_1"] = t_one["metrics"][metric]["mean"]
             row["ratio_1"] = q / row["teacher_1"]
@@ -72,7 +72,7 @@ def _f(x: float | None, fmt: str = "{:.3f}") -> str:
 
 
 def _pm(x: float | None, sd: float | None, fmt: str = "{:.4f}") -> str:
-    return "-" if x is None else fmt.format(x) + ("" if not sd else " ± " + fmt.format(sd))
+    return _f(x, fmt) + ("" if x is None or not sd else " ± " + fmt.format(sd))
 
 
 def _ok(cond: bool | None) -> str:

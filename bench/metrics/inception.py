@@ -182,25 +182,34 @@ def verify_torchscript_weights(path: Path) -> tuple[str, bool]:
     return sha, False
 
 
+def _resolve(lk: WeightsLookup, url: str, filename: str, sha256: str, env: str, allow_download: bool, verify):
+    """The located file, else a download (only when allowed), else the one clear error; then ``verify``."""
+    if lk.path is None:
+        if not allow_download:
+            raise _missing(lk, url, env)
+        lk.path = _download(url, _hub_checkpoints() / filename, sha256[:8])
+    sha, official = verify(lk.path)
+    return lk.path, sha, official
+
+
 def resolve_inception_weights(explicit: str | None = None, allow_download: bool = False) -> tuple[Path, str, bool]:
     """(path, sha256, official) of the verified torch-fidelity Inception weights, or BenchError."""
     lk = locate_inception_weights(explicit)
-    if lk.path is None:
-        if not allow_download:
-            raise _missing(lk, TFID_URL, ENV_WEIGHTS)
-        lk.path = _download(TFID_URL, _hub_checkpoints() / TFID_FILENAME, TFID_SHA256[:8])
-    sha, official = verify_state_dict_weights(lk.path)
-    return lk.path, sha, official
+    return _resolve(lk, TFID_URL, TFID_FILENAME, TFID_SHA256, ENV_WEIGHTS, allow_download, verify_state_dict_weights)
 
 
 def resolve_cleanfid_weights(explicit: str | None = None, allow_download: bool = False) -> tuple[Path, str, bool]:
+    """(path, sha256, official) of the verified clean-fid TorchScript Inception, or BenchError."""
     lk = locate_cleanfid_weights(explicit)
-    if lk.path is None:
-        if not allow_download:
-            raise _missing(lk, CLEANFID_URL, ENV_CLEANFID_WEIGHTS)
-        lk.path = _download(CLEANFID_URL, _hub_checkpoints() / CLEANFID_FILENAME, CLEANFID_SHA256[:8])
-    sha, official = verify_torchscript_weights(lk.path)
-    return lk.path, sha, official
+    return _resolve(
+        lk,
+        CLEANFID_URL,
+        CLEANFID_FILENAME,
+        CLEANFID_SHA256,
+        ENV_CLEANFID_WEIGHTS,
+        allow_download,
+        verify_torchscript_weights,
+    )
 
 
 def _device() -> torch.device:
