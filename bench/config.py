@@ -26,13 +26,21 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA of weights used for sampling; 0 disables
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ckpt_every: int = 1000  # checkpoint period in steps (atomic writes); 0 = only at stage ends
-    log_every: int = 200
+    log_every: int = 200  # log period; also the period of the divergence check (the one host sync)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the losses (fp16: with GradScaler)
+    compile: bool = False  # torch.compile the trained networks
+    channels_last: bool = False  # channels_last memory format for image networks and batches
+    tf32: bool = False  # allow TF32 matmuls/convolutions on CUDA (off = true fp32)
 
 
 @dataclass
 class EvalConfig:
     n_gen: int = 5000  # generated samples per metric evaluation
-    n_ref: int = 5000  # fresh reference samples per evaluation
+    n_ref: int = 5000  # points data: fresh reference samples per evaluation (image metrics use n_ref_images)
+    # image metrics (fid, kid, precision, recall, fd_digits, ...): training images behind the reference
+    # statistics; 0 = the whole train split (the literature's protocol), N >= 2 = a seeded N-image subset
+    # (recorded as not comparable)
+    n_ref_images: int = 0
     repeats: int = 3  # independent (generated, reference) seed pairs; tables show mean +- std
     nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
     solvers: list[str] = field(default_factory=list)  # empty = the method's defaults
@@ -40,8 +48,12 @@ class EvalConfig:
     sample_seed: int = 1_000_000  # sample i of repeat r uses seed sample_seed + r * n_gen + i
     ref_seed: int = 2_000_000
     timing_batch: int = 0  # 0 = 1024 on GPU, 256 on CPU
-    timing_repeats: int = 7
+    timing_repeats: int = 7  # at least this many timed blocks (torch.utils.benchmark blocked_autorange)
+    timing_min_s: float = 0.2  # minimum measured time per timing (blocked_autorange's min_run_time)
     timing: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of sampling (metrics and timing)
+    compile: bool = False  # torch.compile the sampling networks (timed after compilation)
+    channels_last: bool = False  # channels_last memory format for image sampling
     sliced_projections: int = 512  # for sliced W2 on high-dimensional data
     inception_weights: str = (
         ""  # torch-fidelity Inception state dict; "" = $BENCH_INCEPTION_WEIGHTS or the torch hub cache

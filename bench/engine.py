@@ -1,8 +1,11 @@
-"""The shared training loop: stages, warm-up, EMA, gradient clipping (via StepContext), atomic
-checkpoints, resume, logging and divergence detection. It never looks at a method's name."""
+"""The shared training loop. It owns everything generic: optimisers and LR warm-up (torch.optim.lr_scheduler,
+checkpointed), zero_grad/backward/clip/step, mixed precision (autocast, GradScaler for fp16), DDP and
+torch.compile of the trained networks, one fused EMA update, atomic checkpoints, resume, logging, the
+training-cost count and divergence checks with no host sync per step. It never looks at a method's name."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -11,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.distributed import Dist
 from bench.errors import BenchError
-from bench.methods.base import Method, StepContext, ema_update
+from bench.methods.base import Batch, Method, Stage, Update, ema_update, step_seed
 
 
 class TrainingDiverged(BenchError):
-    """A loss became NaN/Inf; the last good checkpoint is kept."""
+    """A loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -28,6 +33,10 @@ class TrainState:
     wall_s: dict[str, float] = field(default_factory=dict)  # per-stage wall-clock
     last_logs: dict[str, dict[str, float]] = field(default_factory=dict)
     stage_info: dict[str, Any] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)  # per-stage network passes over samples (fwd 1, bwd 2)
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _training_part(config: dict) -> dict:
@@ -49,6 +58,104 @@ def _set_rng_state(st: dict, data_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def network_modules(method: nn.Module) -> dict[str, nn.Module]:
+    """The method's networks: its direct child modules, recursing into child methods (a teacher)."""
+    out: dict[str, nn.Module] = {}
+    for name, child in method.named_children():
+        if isinstance(child, Method):
+            out.update({f"{name}.{k}": v for k, v in network_modules(child).items()})
+        else:
+            out[name] = child
+    return out
+
+
+class PassCounter:
+    """Counts network passes over samples with forward hooks: each forward of a batch of B counts B,
+    and 2B more when its output carries a graph (the backward through it). No host sync: shapes only."""
+
+    def __init__(self, method: nn.Module) -> None:
+        self.total = 0
+        self._handles = [m.register_forward_hook(self._hook) for m in network_modules(method).values()]
+
+    def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        first = next((a for a in args if isinstance(a, Tensor) and a.ndim > 0), None)
+        n = first.shape[0] if first is not None else 1
+        grad = isinstance(output, Tensor) and output.requires_grad
+        self.total += n * (3 if grad else 1)
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _resolve(method: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent = method
+    *head, last = path.split(".")
+    for p in head:
+        parent = getattr(parent, p)
+    if not isinstance(getattr(parent, last, None), nn.Module):
+        raise BenchError(f"update names {path!r}, which is not a network of {type(method).__name__}")
+    return parent, last
+
+
+@contextlib.contextmanager
+def _swapped(method: nn.Module, wrapped: dict[str, nn.Module]):
+    """Let the method's attributes point at the engine's wrappers (DDP, compiled) while its loss runs."""
+    saved = []
+    for path, w in wrapped.items():
+        parent, last = _resolve(method, path)
+        saved.append((parent, last, parent._modules[last]))
+        parent._modules[last] = w
+    try:
+        yield
+    finally:
+        for parent, last, m in reversed(saved):
+            parent._modules[last] = m
+
+
+@contextlib.contextmanager
+def _frozen(modules: list[nn.Module]):
+    flags = [[p.requires_grad for p in m.parameters()] for m in modules]
+    for m in modules:
+        m.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, fl in zip(modules, flags, strict=True):
+            for p, f in zip(m.parameters(), fl, strict=True):
+                p.requires_grad_(f)
+
+
+class _UpdateRunner:
+    """One Update's optimiser, LR schedule, grad scaler and wrapped networks."""
+
+    def __init__(self, method: Method, u: Update, tc: Any, device: torch.device, dist: Dist) -> None:
+        self.u = u
+        self.nets = {p: getattr(*_resolve(method, p)) for p in u.nets}
+        self.params = [p for m in self.nets.values() for p in m.parameters() if p.requires_grad]
+        self.opt = u.build_optimizer(self.params)
+        warm = tc.warmup_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+        self.wrapped = {}
+        for p, m in self.nets.items():
+            w = dist.wrap(m, device)
+            if tc.compile:
+                w = torch.compile(w)
+            if w is not m:
+                self.wrapped[p] = w
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.scaler.load_state_dict(st["scaler"])
+
+
 def train(
     method: Method,
     dataset: Any,
@@ -58,42 +165,90 @@ def train(
     device: torch.device,
     resume: bool = False,
     progress: Any = None,
+    dist: Dist | None = None,
 ) -> TrainState:
-    """Run all of ``method``'s stages; write ``workdir/ckpt.pt`` (atomic) and ``workdir/log.jsonl``."""
+    """Run all of ``method``'s stages; rank 0 writes ``workdir/ckpt.pt`` (atomic) and ``workdir/log.jsonl``."""
     tc = cfg.train
+    dist = dist or Dist()
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = workdir / "ckpt.pt"
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     stages = method.stages()
+    runners = {s.name: [_UpdateRunner(method, u, tc, device, dist) for u in s.updates] for s in stages}
     state = TrainState()
     if resume:
         ck = load_checkpoint(ckpt_path, map_location=device)
         if _training_part(ck["config"]) != _training_part(config_dict):
             raise BenchError(f"cannot resume {ckpt_path}: the resolved config differs from the checkpoint's")
         method.load_state_dict(ck["method_state"])
-        for s in stages:
-            for opt, st in zip(s.optimizers, ck["optim"].get(s.name, []), strict=False):
-                opt.load_state_dict(st)
+        for name, rs in runners.items():
+            for r, st in zip(rs, ck["optim"].get(name, []), strict=False):
+                r.load_state_dict(st)
         state = TrainState(**ck["train_state"])
         _set_rng_state(ck["rng"], data_gen)
 
-    def batch_fn(n: int | None) -> torch.Tensor:
-        return dataset.train_batch(n or tc.batch_size, data_gen).to(device, non_blocking=True)
-
-    ctx = StepContext(batch_fn, tc.grad_clip)
-    log_f = open(workdir / "log.jsonl", "a")  # noqa: SIM115 - closed in finally
+    amp_dtype = PRECISIONS[tc.precision]
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=tc.precision != "fp32")
+    counter = PassCounter(method)
+    log_f = open(workdir / "log.jsonl", "a") if dist.is_main else None  # noqa: SIM115 - closed in finally
 
     def checkpoint() -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "config": config_dict,
-                "method_state": method.state_dict(),
-                "optim": {s.name: [o.state_dict() for o in s.optimizers] for s in stages},
-                "train_state": state.__dict__,
-                "rng": _rng_state(data_gen),
-            },
-        )
+        if dist.is_main:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "config": config_dict,
+                    "method_state": method.state_dict(),
+                    "optim": {n: [r.state_dict() for r in rs] for n, rs in runners.items()},
+                    "train_state": state.__dict__,
+                    "rng": _rng_state(data_gen),
+                },
+            )
+        dist.barrier()
+
+    def data_batch(n: int) -> Tensor:
+        x = dataset.train_batch(n, data_gen).to(device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if tc.channels_last and x.ndim == 4 else x
+
+    def one_update(si: int, ui: int, r: _UpdateRunner, stage: Stage, step: int) -> dict[str, Tensor]:
+        u = r.u
+        others = [m for o in runners[stage.name] if o is not r for m in o.nets.values()]
+        n = u.batch_size or tc.batch_size
+        lo, hi = dist.range(n).start, dist.range(n).stop
+        logs: dict[str, Tensor] = {}
+        for rep in range(u.repeats):
+            full = data_batch(n) if u.data else None
+            b = Batch(full, n, lo, hi, step_seed(cfg.seed, si, ui, rep, step), device, step)
+            with _frozen(others):
+                with _swapped(method, r.wrapped), autocast:
+                    loss, logs = u.loss(b, step)
+                r.opt.zero_grad(set_to_none=True)
+                r.scaler.scale(loss).backward()
+            r.scaler.unscale_(r.opt)
+            norm = torch.nn.utils.clip_grad_norm_(r.params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
+            r.scaler.step(r.opt)
+            r.scaler.update()
+        r.sched.step()
+        sfx = "_" + u.name if u.name else ""
+        return {f"loss{sfx}": loss.detach(), **{k: v.detach() for k, v in logs.items()}, f"grad_norm{sfx}": norm}
+
+    def check(logs: dict[str, Tensor], first_bad: dict[str, Tensor], stage: Stage) -> dict[str, float]:
+        """The one host sync: every log_every steps and before every checkpoint."""
+        keys = list(logs)
+        vals = torch.stack([v.float().reshape(()) for v in logs.values()])
+        first = torch.stack([first_bad[k] for k in keys])
+        if dist.active:  # logged values averaged over ranks; any rank's NaN stops every rank
+            vals, first = dist.sum(vals) / dist.world, dist.max(first)
+        bad_at = {k: int(b) for k, b in zip(keys, first.tolist(), strict=True) if b >= 0}
+        if bad_at:
+            key = min(bad_at, key=bad_at.get)
+            kept = "" if ckpt_path.exists() else " (none was written yet)"
+            raise TrainingDiverged(
+                f"training diverged in stage '{stage.name}' at step {bad_at[key]}: {key} is NaN/Inf"
+                f"; last good checkpoint kept at {ckpt_path}{kept}"
+            )
+        vals = vals.tolist()
+        return dict(zip(keys, vals, strict=True))
 
     try:
         for si, stage in enumerate(stages):
@@ -104,44 +259,49 @@ def train(
             if stage.setup is not None:
                 stage.setup(state.step > 0)
             t_start = time.perf_counter() - state.wall_s.get(stage.name, 0.0)
+            counter.total = 0
+            passes0 = state.passes.get(stage.name, 0)
             if stage.run is not None:
-                state.stage_info[stage.name] = stage.run()
+                state.stage_info[stage.name] = stage.run(dist)
             else:
-                base_lrs = [[g.setdefault("initial_lr", g["lr"]) for g in o.param_groups] for o in stage.optimizers]
                 task = progress.add_task(stage.name, total=stage.steps, completed=state.step) if progress else None
+                first_bad: dict[str, Tensor] = {}  # per logged value: first step it was NaN/Inf (-1 = never)
                 for step in range(state.step, stage.steps):
-                    warm = min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else 1.0
-                    for o, lrs in zip(stage.optimizers, base_lrs, strict=True):
-                        for g, lr in zip(o.param_groups, lrs, strict=True):
-                            g["lr"] = lr * warm
-                    ctx.step = step
-                    logs = stage.step(ctx)
-                    bad = [k for k, v in logs.items() if not math.isfinite(v)]
-                    if bad:
-                        raise TrainingDiverged(
-                            f"training diverged in stage '{stage.name}' at step {step}: {bad[0]} = {logs[bad[0]]}"
-                            f"; last good checkpoint kept at {ckpt_path}"
-                            + ("" if ckpt_path.exists() else " (none was written yet)")
-                        )
+                    logs: dict[str, Tensor] = {}
+                    for ui, r in enumerate(runners[stage.name]):
+                        logs.update(one_update(si, ui, r, stage, step))
+                    for k, v in logs.items():  # device ops only, no sync (fp16: inf grad norms are the scaler's job)
+                        fb = first_bad.setdefault(k, torch.full((), -1, dtype=torch.long, device=device))
+                        if tc.precision != "fp16" or k.startswith("loss"):
+                            first_bad[k] = torch.where((fb < 0) & ~torch.isfinite(v.float()), step, fb)
                     # EMA with the usual warm-up (decay <= (1 + step) / (10 + step)); decay 0 copies the weights
-                    decay = min(stage.ema_decay, (1 + step) / (10 + step))
-                    for ema, online in stage.ema:
-                        ema_update(ema, online, decay)
+                    ema_update(stage.ema, min(stage.ema_decay, (1 + step) / (10 + step)))
                     state.step = step + 1
-                    state.last_logs[stage.name] = logs
-                    if (step + 1) % tc.log_every == 0 or step + 1 == stage.steps:
-                        log_f.write(json.dumps({"stage": stage.name, "step": step + 1, **logs}) + "\n")
-                        log_f.flush()
-                    if progress is not None:
-                        progress.update(task, advance=1, description=f"{stage.name} loss {logs.get('loss', 0):.4f}")
-                    if tc.ckpt_every > 0 and (step + 1) % tc.ckpt_every == 0 and step + 1 < stage.steps:
+                    last = step + 1 == stage.steps
+                    ckpt_now = tc.ckpt_every > 0 and (step + 1) % tc.ckpt_every == 0 and not last
+                    if (step + 1) % tc.log_every == 0 or last or ckpt_now:
+                        vals = check(logs, first_bad, stage)
+                        state.last_logs[stage.name] = vals
+                        if log_f is not None and ((step + 1) % tc.log_every == 0 or last):
+                            log_f.write(json.dumps({"stage": stage.name, "step": step + 1, **vals}) + "\n")
+                            log_f.flush()
+                        if progress is not None:
+                            loss_key = next((k for k in vals if k.startswith("loss")), None)
+                            desc = f"{stage.name} {loss_key} {vals[loss_key]:.4g}" if loss_key else stage.name
+                            progress.update(task, completed=step + 1, description=desc)
+                    if ckpt_now:
                         state.wall_s[stage.name] = time.perf_counter() - t_start
+                        state.passes[stage.name] = passes0 + int(dist.sum(torch.tensor(counter.total)).item())
                         checkpoint()
+                        counter.total, passes0 = 0, state.passes[stage.name]
             state.wall_s[stage.name] = time.perf_counter() - t_start
+            state.passes[stage.name] = passes0 + int(dist.sum(torch.tensor(counter.total)).item())
             state.stage, state.step = si + 1, 0
             checkpoint()
     finally:
-        log_f.close()
+        counter.close()
+        if log_f is not None:
+            log_f.close()
     return state
 
 

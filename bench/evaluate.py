@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench import distributed
 from bench.grids import GridTarget, write_eval_grid
 from bench.metrics import MetricContext
 from bench.metrics.registry import preflight
 from bench.sampling import Samples, TensorSamples, seeded_noise
-from bench.timing import default_timing_batch, device_name, time_call, time_sampler
+from bench.timing import cores_available, default_timing_batch, device_name, load_average, time_call, time_sampler
 
 
 def _summary(values: list[float]) -> dict:
@@ -54,7 +55,7 @@ def evaluate_points(
         protos: dict[str, dict] = {}
         nfe_used = None
         for r in range(ev.repeats):
-            gen = Samples(method, p, ev.n_gen, ev.sample_seed + r * ev.n_gen, sample_batch, device)
+            gen = Samples(method, p, ev.n_gen, ev.sample_seed + r * ev.n_gen, sample_batch, device, ev)
             ctx = MetricContext(refs[r], dataset, ev, r, cache_dir)
             for m in metrics:
                 v, proto = m(gen, ctx)
@@ -84,6 +85,36 @@ def evaluate_points(
     return rows, floor, timing_ref
 
 
+@contextlib.contextmanager
+def sampling_mode(method: Any, ev: Any, device: torch.device):
+    """Sampling as ``eval`` configures it: autocast dtype, torch.compile of the sampling networks."""
+    from bench.engine import PRECISIONS, _resolve, _swapped
+
+    wrapped = {}
+    if ev.compile:  # compiled once per method and kept (a new wrapper per batch would recompile)
+        cache = method.__dict__.setdefault("_bench_compiled", {})
+        for n in method.sampling_nets():
+            if n not in cache:
+                cache[n] = torch.compile(getattr(*_resolve(method, n)))
+            wrapped[n] = cache[n]
+    amp = torch.autocast(device.type, dtype=PRECISIONS[ev.precision], enabled=ev.precision != "fp32")
+    with _swapped(method, wrapped), amp:
+        yield
+
+
+def sampling_protocol(ev: Any, device: torch.device) -> dict:
+    return {
+        "device": device_name(device),
+        "dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[ev.precision],
+        "compile": ev.compile,
+        "channels_last": ev.channels_last,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cores": cores_available(),
+        "processes": distributed.current().world,
+    }
+
+
 @torch.no_grad()
 def time_points(method: Any, points: list, ev: Any, device: torch.device) -> tuple[dict, list[dict]]:
     """Per-sample time (and batch-1 latency) of every eval point on pre-drawn noise, plus one bare
@@ -91,28 +122,23 @@ def time_points(method: Any, points: list, ev: Any, device: torch.device) -> tup
     method.eval()
     tb = default_timing_batch(device, ev.timing_batch)
     noise = seeded_noise(method.noise_shape, range(ev.sample_seed - tb, ev.sample_seed)).to(device)
-    t = time_call(method.forward_reference(), noise, ev.timing_repeats)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    ref = {
-        "what": "one forward pass of the sampling network",
-        "batch": tb,
-        "per_sample_s": t["median_s"] / tb,
-        "device": device_name(device),
-        "load_avg_1min": load,
-        "threads": torch.get_num_threads(),
-    }
-    out = []
-    for p in points:
-        tm = time_sampler(lambda z, p=p: method.sample(z, p), noise, ev.timing_repeats)
-        tm.update(
-            device=device_name(device),
-            dtype="float32",
-            torch=torch.__version__,
-            compile=False,
-            ratio_to_forward=tm["per_sample_s"] / ref["per_sample_s"],
-            load_avg_1min=load,
-        )
-        out.append(tm)
+    if ev.channels_last and noise.ndim == 4:
+        noise = noise.contiguous(memory_format=torch.channels_last)
+    proto = sampling_protocol(ev, device)
+    with sampling_mode(method, ev, device):
+        t = time_call(method.forward_reference(), noise, ev.timing_repeats, ev.timing_min_s)
+        ref = {
+            "what": "one forward pass of the sampling network",
+            "batch": tb,
+            "per_sample_s": t["median_s"] / tb,
+            "load_avg_1min": load_average(),
+            **proto,
+        }
+        out = []
+        for p in points:
+            tm = time_sampler(lambda z, p=p: method.sample(z, p), noise, ev.timing_repeats, ev.timing_min_s)
+            tm.update(proto, ratio_to_forward=tm["per_sample_s"] / ref["per_sample_s"], load_avg_1min=load_average())
+            out.append(tm)
     return ref, out
 
 
@@ -145,7 +171,7 @@ def _metric_protocol(proto: dict, ev: Any, spec: Any) -> dict:
     return {
         **proto,
         "n_gen": ev.n_gen,
-        "n_ref": ev.n_ref,
+        "n_ref": proto.get("n_ref_used", ev.n_ref),  # image metrics: the training images behind the statistics
         "repeats": ev.repeats,
         "reference": ref,
         "sample_seed": ev.sample_seed,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import re
 import secrets
 import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,10 @@ from typing import Any
 import torch
 import yaml
 
-from bench import engine
+from bench import distributed, engine
 from bench.checkpoint import atomic_write_text
 from bench.config import RunConfig, build_run_config, deep_merge, load_yaml, parse_sets, run_config_dict
+from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.metrics.registry import preflight
 from bench.records import git_commit, now_utc, package_versions, write_record
@@ -57,13 +60,16 @@ def load_plugins(modules: list[str]) -> None:
             raise BenchError(f"cannot import plugin module {mod!r}: {e}") from None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+def resolve_device(name: str, dist: Dist | None = None) -> torch.device:
+    """cpu / cuda / cuda:N / auto; under torchrun, cuda means this process's local GPU."""
+    if name not in ("cpu", "cuda", "auto") and not name.startswith("cuda:"):
         raise BenchError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise BenchError("--device cuda requested but no CUDA device is available")
+    if name == "cuda" and dist is not None and dist.active:
+        name = f"cuda:{dist.local_rank}"
     return torch.device(name)
 
 
@@ -116,6 +122,43 @@ def new_run_id(cfg: RunConfig) -> str:
     return f"{cfg.method_name}-{cfg.dataset_name}-s{cfg.seed}-{stamp}-{secrets.token_hex(2)}"
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is one plain folder name (no separators, no '..', no leading dot): it can never escape."""
+    if not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise BenchError(
+            f"invalid run id {run_id!r}: use 1-200 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return run_id
+
+
+@dataclass
+class Run:
+    """One run from the CLI through the engine to its record: id, folder (known from the start, never
+    guessed), resolved config, device, process group, and what training produced."""
+
+    id: str
+    folder: Path
+    cfg: RunConfig
+    device: torch.device
+    dist: Dist = field(default_factory=Dist)
+    dataset: Any = None
+    method: Any = None
+    state: Any = None
+
+    @property
+    def config_dict(self) -> dict:
+        return run_config_dict(self.cfg)
+
+
+def apply_backend_flags(cfg: RunConfig) -> None:
+    """TF32 on CUDA as configured (recorded with the config); a no-op on CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+
+
 def build(cfg: RunConfig, workdir: Path, device: torch.device):
     """(dataset, method) for ``cfg``, with the method on ``device``; nothing is written."""
     torch.manual_seed(cfg.seed)
@@ -124,7 +167,52 @@ def build(cfg: RunConfig, workdir: Path, device: torch.device):
     if dataset.spec.kind not in getattr(mcls, "kinds", ("points",)):
         raise BenchError(f"method {cfg.method_name!r} does not support {dataset.spec.kind} data ({cfg.dataset_name})")
     method = mcls(cfg.method, dataset.spec, cfg.train, workdir)
-    return dataset, method.to(device)
+    method.registered_name = cfg.method_name
+    method = method.to(device)
+    if cfg.train.channels_last and dataset.spec.kind == "image":
+        method = method.to(memory_format=torch.channels_last)
+    return dataset, method
+
+
+def prepare_run(
+    cfg: RunConfig, runs_dir: Path, device: torch.device, run_id: str | None = None, resume: bool = False
+) -> Run:
+    """Check everything about a new (or resumed) run before any work: its id, its folder, the data set
+    and method it builds, and the metrics it will need. Writes nothing."""
+    dist = distributed.current()
+    if resume and not run_id:
+        raise BenchError("--resume needs --run-id")
+    run_id = check_run_id(run_id) if run_id else dist.broadcast_object(new_run_id(cfg))
+    folder = Path(runs_dir) / run_id
+    if resume and not (folder / "ckpt.pt").exists():
+        raise BenchError(f"nothing to resume: {folder / 'ckpt.pt'} does not exist")
+    if not resume and (folder / "ckpt.pt").exists():
+        raise BenchError(f"run {run_id} already exists in {runs_dir}; use --resume or another --run-id")
+    run = Run(run_id, folder, cfg, device, dist)
+    run.dataset, run.method = build(cfg, folder, device)
+    preflight(run.dataset, cfg.eval)
+    return run
+
+
+def train_prepared(run: Run, resume: bool = False, progress: Any = None) -> Run:
+    """Train a prepared run in its folder (config.yaml, ckpt.pt, log.jsonl)."""
+    apply_backend_flags(run.cfg)
+    if run.dist.is_main:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.folder / "config.yaml", yaml.safe_dump(run.config_dict, sort_keys=False))
+    run.dist.barrier()
+    run.state = engine.train(
+        run.method,
+        run.dataset,
+        run.cfg,
+        run.config_dict,
+        run.folder,
+        run.device,
+        resume=resume,
+        progress=progress,
+        dist=run.dist,
+    )
+    return run
 
 
 def train_run(
@@ -136,21 +224,8 @@ def train_run(
     progress: Any = None,
 ):
     """Train a run in ``runs_dir/<run_id>``; returns (run_id, workdir, dataset, method, train_state)."""
-    if resume and not run_id:
-        raise BenchError("--resume needs --run-id")
-    run_id = run_id or new_run_id(cfg)
-    workdir = Path(runs_dir) / run_id
-    cdict = run_config_dict(cfg)
-    if resume and not (workdir / "ckpt.pt").exists():
-        raise BenchError(f"nothing to resume: {workdir / 'ckpt.pt'} does not exist")
-    if not resume and (workdir / "ckpt.pt").exists():
-        raise BenchError(f"run {run_id} already exists in {runs_dir}; use --resume or another --run-id")
-    dataset, method = build(cfg, workdir, device)
-    preflight(dataset, cfg.eval)
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / "config.yaml", yaml.safe_dump(cdict, sort_keys=False))
-    state = engine.train(method, dataset, cfg, cdict, workdir, device, resume=resume, progress=progress)
-    return run_id, workdir, dataset, method, state
+    run = train_prepared(prepare_run(cfg, runs_dir, device, run_id, resume), resume, progress)
+    return run.id, run.folder, run.dataset, run.method, run.state
 
 
 def load_run(workdir: Path, device: torch.device, eval_sets: list[str] | None = None):
@@ -183,15 +258,15 @@ def evaluate_and_record(
     from bench.evaluate import evaluate_points
     from bench.grids import GridTarget
 
-    grids = None  # sample grids for image data: <results>/grids/<dataset>/<run_id>/
-    if dataset.spec.kind == "image":
+    grids = None  # sample grids for image data: <results>/grids/<dataset>/<run_id>/ (written by rank 0)
+    if dataset.spec.kind == "image" and distributed.current().is_main:
         grids = GridTarget(Path(results_dir), f"grids/{cfg.dataset_name}/{run_id}")
     rows, floor, tref = evaluate_points(
         method, dataset, cfg.eval, device, cache_dir=Path(results_dir) / "cache", progress=progress, grids=grids
     )
     record = base_record(cfg, run_id, workdir, dataset, method, state, device)
     record.update(rows=rows, reference_floor=floor, timing_reference=tref)
-    path = write_record(results_dir, record)
+    path = write_record(results_dir, record) if distributed.current().is_main else None
     return record, path
 
 
@@ -217,14 +292,36 @@ def base_record(cfg: RunConfig, run_id: str, workdir: Path, dataset, method, sta
             "total_s": sum(state.wall_s.values()),
             "final_logs": state.last_logs,
             "stage_info": state.stage_info,
+            "cost": training_cost(state, method.prior_cost(), device_name(device)),
         },
         "extra": method.record_extra(),
         "device": device_name(device),
+        "processes": distributed.current().world,
         "versions": package_versions(),
         "git_commit": git_commit(),
         "date": now_utc(),
         "workdir": str(workdir),
         "rows": [],
+    }
+
+
+def training_cost(state, prior: dict, device: str) -> dict:
+    """What it cost to be able to sample (PROTOCOL.md "Cost"): this run's stages plus what it reused."""
+    own_s, own_p = sum(state.wall_s.values()), sum(getattr(state, "passes", {}).values())
+    prior_s = sum(v for v in (prior.get("wall_clock_s") or {}).values() if v is not None)
+    prior_p = prior.get("network_passes")
+    return {
+        "wall_clock_s": {
+            **dict(state.wall_s),
+            **{f"reused: {k}": v for k, v in (prior.get("wall_clock_s") or {}).items()},
+        },
+        "network_passes_by_stage": dict(getattr(state, "passes", {})),
+        "network_passes": own_p + (prior_p or 0),
+        "total_wall_clock_s": own_s + prior_s,
+        "device": device,
+        "reused": prior or None,
+        "complete": not prior or prior_p is not None,  # False: a reused artefact's passes were not counted
+        "unit": "network passes over samples: forward 1, backward 2; frozen teachers included",
     }
 
 

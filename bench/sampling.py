@@ -24,14 +24,15 @@ class Samples:
     materialises and caches all samples (for metrics on points). ``nfe`` is the mean NFE used.
     """
 
-    def __init__(self, method, point, n: int, first_seed: int, batch: int, device: torch.device) -> None:
-        self.method, self.point, self.n, self.first_seed, self.batch, self.device = (
+    def __init__(self, method, point, n: int, first_seed: int, batch: int, device: torch.device, ev=None) -> None:
+        self.method, self.point, self.n, self.first_seed, self.batch, self.device, self.ev = (
             method,
             point,
             n,
             first_seed,
             batch,
             device,
+            ev,
         )
         self._tensor: Tensor | None = None
         self._nfe: list[tuple[float, int]] = []
@@ -39,19 +40,34 @@ class Samples:
     def __len__(self) -> int:
         return self.n
 
+    def _draw(self, seeds: range) -> tuple[Tensor, float]:
+        z = seeded_noise(self.method.noise_shape, seeds).to(self.device)
+        if self.ev is None:
+            return self.method.sample(z, self.point)
+        from bench.evaluate import sampling_mode
+
+        if self.ev.channels_last and z.ndim == 4:
+            z = z.contiguous(memory_format=torch.channels_last)
+        with sampling_mode(self.method, self.ev, self.device):
+            return self.method.sample(z, self.point)
+
     @torch.no_grad()
     def batches(self):
-        """Yield CPU float32 batches in seed order."""
+        """Yield CPU float32 batches in seed order. Under torch.distributed each process draws its share of
+        every batch's seeds and the shares are gathered, so the samples are the same for any number of processes."""
+        from bench.distributed import current
+
         if self._tensor is not None:
             yield from self._tensor.split(self.batch)
             return
         self._nfe = []
+        dist = current()
         for start in range(0, self.n, self.batch):
             seeds = range(self.first_seed + start, self.first_seed + min(self.n, start + self.batch))
-            z = seeded_noise(self.method.noise_shape, seeds).to(self.device)
-            x, nfe = self.method.sample(z, self.point)
+            mine = seeds[dist.range(len(seeds)).start : dist.range(len(seeds)).stop]
+            x, nfe = self._draw(mine)
             self._nfe.append((nfe, len(seeds)))
-            yield x.float().cpu()
+            yield dist.gather(x.float().contiguous(), len(seeds)).cpu()
 
     def tensor(self) -> Tensor:
         if self._tensor is None:

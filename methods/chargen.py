@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from bench.methods.base import EvalPoint, Method, Stage, StepContext, ema_copy
+from bench.methods.base import Batch, EvalPoint, Method, Shard, Stage, Update, ema_copy
 from bench.methods.flow import Flow, FlowConfig, VelocityModel, flow_eval_points, sample_flow
 from bench.methods.interpolants import uniform_grid
 from bench.methods.nets import NetConfig, build_net
@@ -26,6 +26,9 @@ from torch import Tensor, nn
 
 from bench.errors import BenchError
 from bench.registry import register_method
+from bench.sampling import seeded_noise
+
+TRAJ_SEED = 7_000_000  # trajectory i starts from the noise of seed TRAJ_SEED + i (any number of processes)
 
 
 @dataclass
@@ -118,11 +121,19 @@ def characteristics(v: VelocityModel, z: Tensor, grid: Tensor, solver: str = "eu
     return torch.stack(out, 1)
 
 
-def semigroup_penalty(g: Callable[[Tensor, Tensor, Tensor], Tensor], t: Tensor, u: Tensor, s: Tensor, x: Tensor):
-    """E || g(t, s, x) - sg g(u, s, g(t, u, x)) ||^2: zero iff g composes like a flow map (t <= u <= s)."""
+def semigroup_penalty(
+    g: Callable[[Tensor, Tensor, Tensor], Tensor],
+    t: Tensor,
+    u: Tensor,
+    s: Tensor,
+    x: Tensor,
+    pred: Tensor | None = None,
+) -> Tensor:
+    """E || g(t, s, x) - sg g(u, s, g(t, u, x)) ||^2: zero iff g composes like a flow map (t <= u <= s).
+    ``pred`` = g(t, s, x) when the caller already has it (one forward pass fewer)."""
     with torch.no_grad():
         target = g(u, s, g(t, u, x))
-    return (g(t, s, x) - target).pow(2).flatten(1).sum(1).mean()
+    return ((g(t, s, x) if pred is None else pred) - target).pow(2).flatten(1).sum(1).mean()
 
 
 @register_method("chargen")
@@ -146,6 +157,7 @@ class Chargen(Method):
             except RuntimeError as e:  # same data set, but the weights do not fit the network they name
                 raise BenchError(f"teacher {cfg.teacher.run}: weights do not match its network ({e})") from None
             self.teacher_train_s = self._teacher_ckpt["train_state"]["wall_s"]
+            self.teacher_passes = self._teacher_ckpt["train_state"].get("passes")
             del self._teacher_ckpt
         net_cfg = cfg.net or tcfg.net
         if cfg.init_from_teacher:
@@ -171,25 +183,34 @@ class Chargen(Method):
         return Path(self.workdir or ".") / f"trajectories-K{self.K}-m{self.cfg.n_traj}.f32"
 
     @torch.no_grad()
-    def _make_trajectories(self) -> dict:
-        """Generate (and cache) m trajectories in chunks; seeded so a resume regenerates the same set."""
-        c, shape = self.cfg, tuple(self.spec.shape)
-        gen = torch.Generator().manual_seed(7_000_000)
+    def _make_trajectories(self, shard: Shard | None = None) -> dict:
+        """Generate (and cache) m trajectories in chunks, trajectory i from seed TRAJ_SEED + i, so a resume or
+        any number of processes (each taking its share of the seeds) produce the same set."""
+        c, shape, shard = self.cfg, tuple(self.spec.shape), shard or Shard()
         full = (c.n_traj, self.K + 1, *shape)
+        mine = shard.range(c.n_traj)
+        npy = self._traj_path().with_suffix(".npy")
         if c.cache == "disk":
-            path = self._traj_path()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            store = np.lib.format.open_memmap(path.with_suffix(".npy"), mode="w+", dtype=np.float32, shape=full)
+            if shard.rank == 0:
+                npy.parent.mkdir(parents=True, exist_ok=True)
+                np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=full).flush()
+            shard.barrier()
+            store = np.load(npy, mmap_mode="r+")
+            offset = 0
         else:
-            store = torch.empty(full)
-        for start in range(0, c.n_traj, c.chunk):
-            n = min(c.chunk, c.n_traj - start)
-            z = torch.randn(n, *shape, generator=gen).to(self.grid.device)
+            store, offset = torch.empty(len(mine), *full[1:]), mine.start
+        for start in range(mine.start, mine.stop, c.chunk):
+            n = min(c.chunk, mine.stop - start)
+            z = seeded_noise(shape, range(TRAJ_SEED + start, TRAJ_SEED + start + n)).to(self.grid.device)
             tr = characteristics(self.v(), z, self.grid, c.solver).cpu()
-            store[start : start + n] = tr.numpy() if c.cache == "disk" else tr
+            store[start - offset : start - offset + n] = tr.numpy() if c.cache == "disk" else tr
         if c.cache == "disk":
             store.flush()
-        self._traj = store
+            del store
+            shard.barrier()
+            self._traj = np.load(npy, mmap_mode="r")
+        else:
+            self._traj = shard.gather(store, c.n_traj)
         return {
             "n_traj": c.n_traj,
             "K": self.K,
@@ -208,44 +229,48 @@ class Chargen(Method):
         else:
             self._make_trajectories()
 
-    def _traj_batch(self, n: int) -> Tensor:
-        """A batch of whole trajectories (B, K+1, *shape) on the device."""
+    def _traj_batch(self, b: Batch) -> Tensor:
+        """This process's share of a global batch of whole trajectories (B, K+1, *shape) on the device."""
         dev = self.grid.device
         if self.cfg.cache == "none":
-            z = torch.randn(n, *self.spec.shape, device=dev)
-            return characteristics(self.v(), z, self.grid, self.cfg.solver)
-        idx = torch.randint(0, self.cfg.n_traj, (n,))
+            return characteristics(self.v(), b.randn(*self.spec.shape), self.grid, self.cfg.solver)
+        idx = b.randint(0, self.cfg.n_traj).cpu()
         if isinstance(self._traj, np.ndarray):
-            return torch.from_numpy(np.asarray(self._traj[np.sort(idx.numpy())])).to(dev)
+            order = np.argsort(idx.numpy(), kind="stable")  # sorted reads from the memory map, original order back
+            rows = np.empty((len(idx), *self._traj.shape[1:]), dtype=np.float32)
+            rows[order] = self._traj[idx.numpy()[order]]
+            return torch.from_numpy(rows).to(dev)
         return self._traj[idx].to(dev)
 
     # -- pairs -------------------------------------------------------------------------------------
-    def noise_pairs(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def noise_pairs(self, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(k, l, x_k, x_l, traj): grid pairs k < l drawn uniformly among all pairs of cached trajectories."""
-        traj = self._traj_batch(n)
-        a = torch.randint(0, self.K + 1, (n,), device=traj.device)
-        b = torch.randint(0, self.K, (n,), device=traj.device)
-        b = b + (b >= a).long()  # b != a, uniform over the other K indices
-        k, l = torch.minimum(a, b), torch.maximum(a, b)
+        traj = self._traj_batch(b)
+        dev, n = traj.device, len(traj)
+        a = b.randint(0, self.K + 1).to(dev)
+        c = b.randint(0, self.K).to(dev)
+        c = c + (c >= a).long()  # c != a, uniform over the other K indices
+        k, l = torch.minimum(a, c), torch.maximum(a, c)
         if self.cfg.end_pairs > 0:  # a share of pairs (k, K) ending at the data: the maps sampling uses last
-            end = torch.rand(n, device=traj.device) < self.cfg.end_pairs
-            k = torch.where(end, torch.randint(0, self.K, (n,), device=traj.device), k)
+            end = (b.rand() < self.cfg.end_pairs).to(dev)
+            k = torch.where(end, b.randint(0, self.K).to(dev), k)
             l = torch.where(end, torch.full_like(l, self.K), l)
-        ar = torch.arange(n, device=traj.device)
+        ar = torch.arange(n, device=dev)
         return k, l, traj[ar, k], traj[ar, l], traj
 
     @torch.no_grad()
-    def data_pairs(self, x1: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def data_pairs(self, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Reference-code pairs: x_t = a x0 + b x1 at grid index i, then n teacher steps (P(n) ~ n) to u."""
-        n_b, K, dev = x1.shape[0], self.K, x1.device
+        x1, K = b.x, self.K
+        dev = x1.device
         if K < 2:
             raise BenchError("pairs_from=data needs euler_steps >= 2")
-        steps = torch.arange(1, K, device=dev, dtype=torch.float32)
-        nstep = torch.multinomial(steps / steps.sum(), n_b, replacement=True) + 1  # P(n) ~ n, n in 1..K-1
-        i = (torch.rand(n_b, device=dev) * (K - nstep + 1)).long().clamp_max(K - nstep)  # i + n <= K
+        cdf = torch.arange(1, K, device=dev, dtype=torch.float32).cumsum(0)
+        nstep = torch.searchsorted(cdf / cdf[-1], b.rand().to(dev), right=True).clamp_max(K - 2) + 1  # P(n) ~ n
+        i = (b.rand().to(dev) * (K - nstep + 1)).long().clamp_max(K - nstep)  # i + n <= K
         t = self.grid[i]
         it = self.teacher.interp
-        x = it.x_t(t, torch.randn_like(x1), x1)
+        x = it.x_t(t, b.randn_like(x1), x1)
         xt = x.clone()
         for j in range(int(nstep.max())):
             active = j < nstep
@@ -255,30 +280,28 @@ class Chargen(Method):
         return i, i + nstep, xt, x
 
     # -- losses ------------------------------------------------------------------------------------
-    def pairwise_loss(self, ctx: StepContext, n: int) -> tuple[Tensor, dict]:
+    def pairwise_loss(self, b: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         if self.cfg.pairs_from == "noise":
-            k, l, xk, xl, traj = self.noise_pairs(n)
+            k, l, xk, xl, _ = self.noise_pairs(b)
         else:
-            k, l, xk, xl = self.data_pairs(ctx.batch(n))
+            k, l, xk, xl = self.data_pairs(b)
         gk, gl = self.grid[k], self.grid[l]
-        fit = (self.g(gk, gl, xk) - xl).pow(2).flatten(1).sum(1).mean()
-        logs = {"fit": fit.item()}
-        loss = fit
-        if self.cfg.lambda_sg > 0:
-            # intermediate grid index m with k <= m <= l
-            m = k + (torch.rand(len(k), device=k.device) * (l - k + 1)).long().clamp_max(l - k)
-            sg = semigroup_penalty(self.g, gk, self.grid[m], gl, xk)
-            loss = loss + self.cfg.lambda_sg * sg
-            logs["semigroup"] = sg.item()
-        return loss, logs
+        pred = self.g(gk, gl, xk)
+        fit = (pred - xl).pow(2).flatten(1).sum(1).mean()
+        if self.cfg.lambda_sg == 0:
+            return fit, {"fit": fit}
+        # intermediate grid index m with k <= m <= l
+        m = k + (b.rand().to(k.device) * (l - k + 1)).long().clamp_max(l - k)
+        sg = semigroup_penalty(self.g, gk, self.grid[m], gl, xk, pred=pred)
+        return fit + self.cfg.lambda_sg * sg, {"fit": fit, "semigroup": sg}
 
-    def reference_loss(self, ctx: StepContext, n: int) -> tuple[Tensor, dict]:
+    def reference_loss(self, b: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         if self.cfg.distance == "lpips":
             raise BenchError("distance=lpips needs local LPIPS/VGG weights, which this suite does not load yet; use l2")
-        i, j, xt, xu = self.data_pairs(ctx.batch(n))
+        i, j, xt, xu = self.data_pairs(b)
         t, u = self.grid[i], self.grid[j]
         # a random target time s on the grid with u <= s <= K
-        s_idx = j + (torch.rand(n, device=xt.device) * (self.K - j + 1)).long().clamp_max(self.K - j)
+        s_idx = j + (b.rand().to(xt.device) * (self.K - j + 1)).long().clamp_max(self.K - j)
         s, one = self.grid[s_idx], torch.ones_like(t)
         with torch.no_grad():  # stop-gradient target: the online net from (u, x_u), mapped to data by the EMA net
             target = self.g_ema(s, one, self.g(u, s, xu))
@@ -288,29 +311,29 @@ class Chargen(Method):
             local_target = grid_step(self.v(), "euler", t, t1, xt)
         local = (self.g(t, t1, xt) - local_target).pow(2).flatten(1).sum(1).mean()
         w = self.adaptive_weight(main, local)
-        return main + w * local, {"main": main.item(), "local": local.item(), "adaptive_w": w}
+        return main + w * local, {"main": main, "local": local, "adaptive_w": w}
 
     def g_ema_graph(self, t: Tensor, s: Tensor, x: Tensor) -> Tensor:
         """The EMA net applied with gradients flowing to its input (not to its weights)."""
         return self.g_ema(t, s, x)
 
-    def adaptive_weight(self, main: Tensor, local: Tensor) -> float:
+    def adaptive_weight(self, main: Tensor, local: Tensor) -> Tensor:
         """||d main / d W_last|| / ||d local / d W_last|| at the last layer, clamped to [0, adaptive_max]."""
         last = [p for p in self.g.parameters() if p.requires_grad][-2]
         gm = torch.autograd.grad(main, last, retain_graph=True, allow_unused=True)[0]
         gl = torch.autograd.grad(local, last, retain_graph=True, allow_unused=True)[0]
         if gm is None or gl is None:
-            return 1.0
-        return float((gm.norm() / (gl.norm() + 1e-8)).clamp(0, self.cfg.adaptive_max))
+            return torch.ones((), device=main.device)
+        return (gm.norm() / (gl.norm() + 1e-8)).clamp(0, self.cfg.adaptive_max).detach()
 
     # -- stages ------------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
-        stages = (
-            [] if self.teacher_run is not None else [Stage(**{**self.teacher.stages()[0].__dict__, "name": "teacher"})]
-        )
-        c = self.cfg
-        opt = torch.optim.Adam(self.g.parameters(), lr=c.fit_lr)
-        n = c.fit_batch or self.train_cfg.batch_size
+        c, tc = self.cfg, self.train_cfg
+        stages = []
+        if self.teacher_run is None:
+            t = self.teacher
+            teach = Update(("teacher.net",), t.loss, lr=tc.lr)
+            stages.append(Stage("teacher", tc.steps, [teach], ema=t.ema_pairs(), ema_decay=tc.ema_decay))
 
         def setup(resumed: bool) -> None:
             if not resumed and c.init_from_teacher:
@@ -318,25 +341,11 @@ class Chargen(Method):
                 self.g_ema.load_state_dict(self.g.state_dict())
             self._ensure_trajectories(resumed)
 
-        def step(ctx: StepContext) -> dict[str, float]:
-            loss, logs = (self.pairwise_loss if c.loss == "pairwise" else self.reference_loss)(ctx, n)
-            logs["loss"] = loss.item()
-            logs["grad_norm"] = ctx.update(opt, loss)
-            return logs
-
         if c.pairs_from == "noise" and c.cache != "none":
             stages.append(Stage("trajectories", run=self._make_trajectories))
-        stages.append(
-            Stage(
-                "fit",
-                c.fit_steps,
-                step=step,
-                setup=setup,
-                optimizers=[opt],
-                ema=[(self.g_ema, self.g)],
-                ema_decay=self.train_cfg.ema_decay,
-            )
-        )
+        loss = self.pairwise_loss if c.loss == "pairwise" else self.reference_loss
+        fit = Update(("g",), loss, lr=c.fit_lr, batch_size=c.fit_batch, data=c.pairs_from == "data")
+        stages.append(Stage("fit", c.fit_steps, [fit], setup=setup, ema=[(self.g_ema, self.g)], ema_decay=tc.ema_decay))
         return stages
 
     # -- sampling ----------------------------------------------------------------------------------
@@ -374,8 +383,17 @@ class Chargen(Method):
         zero, one = self.grid[0], self.grid[-1]
         return lambda x: self.g_ema(zero, one, x)
 
-    def sampling_params(self) -> int:
-        return sum(p.numel() for p in self.g_ema.parameters())
+    def sampling_nets(self) -> tuple[str, ...]:
+        return ("g_ema",)
+
+    def prior_cost(self) -> dict:
+        if self.teacher_run is None:
+            return {}
+        return {
+            "what": f"teacher run {self.teacher_run}",
+            "wall_clock_s": dict(self.teacher_train_s),
+            "network_passes": self.teacher_passes.get("teacher") if self.teacher_passes else None,
+        }
 
     def record_extra(self) -> dict:
         from bench.config import to_dict
@@ -432,6 +450,11 @@ def _resolve_teacher(ref: str, spec, workdir) -> tuple[str, FlowConfig, dict]:
         raise BenchError(f"teacher {ck_path} has {what} {w.shape[1]}, data has {want}")
     ck["train_state"] = {
         **ck["train_state"],
-        "wall_s": {"teacher": ck["train_state"]["wall_s"].get("teacher", ck["train_state"]["wall_s"].get("flow"))},
+        "wall_s": {"teacher": _first(ck["train_state"]["wall_s"], ("teacher", "train", "flow"))},
+        "passes": {"teacher": _first(ck["train_state"].get("passes") or {}, ("teacher", "train"))},
     }
     return ck_path.parent.name, tcfg, ck
+
+
+def _first(d: dict, keys: tuple[str, ...]):
+    return next((d[k] for k in keys if k in d), None)

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import ot
 import torch
-from bench.methods.base import EvalPoint, Method, Stage, StepContext, ema_copy
+from bench.methods.base import Batch, EvalPoint, Method, ema_copy
 from bench.methods.interpolants import INTERPOLANTS, Interpolant, _bc
 from bench.methods.nets import NetConfig, build_net
 from torch import Tensor
@@ -44,6 +43,8 @@ class FlowConfig:
 
 def ot_pair(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
     """Re-pair a minibatch by the exact OT plan (squared Euclidean), as in OT-CFM."""
+    import ot
+
     a = x0.reshape(len(x0), -1).detach().double().cpu().numpy()
     b = x1.reshape(len(x1), -1).detach().double().cpu().numpy()
     plan = ot.emd(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), ot.dist(a, b))
@@ -115,37 +116,31 @@ class Flow(Method):
             tags.append("D-param")
         return f"flow[{','.join(tags)}]"
 
-    def loss(self, x1: Tensor) -> Tensor:
-        x0 = torch.randn_like(x1)
+    def loss(self, b: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Flow matching on this process's slice; OT coupling pairs the whole global batch first."""
         if self.cfg.coupling == "ot":
-            x0, x1 = ot_pair(x0, x1)
-        t = self.eps0 + (1 - self.eps1 - self.eps0) * torch.rand(len(x1), device=x1.device)
+            x0_all = torch.randn(b.global_size, *b.full.shape[1:], generator=b.gen, device=b.device)
+            x0, x1 = (b.local(t) for t in ot_pair(x0_all, b.full))
+        else:
+            x1 = b.x
+            x0 = b.randn_like(x1)
+        t = self.eps0 + (1 - self.eps1 - self.eps0) * b.rand()
         xt = self.interp.x_t(t, x0, x1)
         out = self.net(t, xt)
         if self.cfg.predict == "velocity":
             err = out - self.interp.target(t, x0, x1)
-            return err.pow(2).flatten(1).sum(1).mean()
+            return err.pow(2).flatten(1).sum(1).mean(), {}
         w = self.interp.data_loss_weight(t)
-        return (w * (out - x1).pow(2).flatten(1).sum(1)).mean()
+        return (w * (out - x1).pow(2).flatten(1).sum(1)).mean(), {}
 
-    def stages(self) -> list[Stage]:
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.train_cfg.lr)
+    def trained_nets(self) -> tuple[str, ...]:
+        return ("net",)
 
-        def step(ctx: StepContext) -> dict[str, float]:
-            loss = self.loss(ctx.batch())
-            gnorm = ctx.update(opt, loss)
-            return {"loss": loss.item(), "grad_norm": gnorm}
+    def ema_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return [(self.ema, self.net)]
 
-        return [
-            Stage(
-                "flow",
-                self.train_cfg.steps,
-                step=step,
-                optimizers=[opt],
-                ema=[(self.ema, self.net)],
-                ema_decay=self.train_cfg.ema_decay,
-            )
-        ]
+    def sampling_nets(self) -> tuple[str, ...]:
+        return ("ema",)
 
     def velocity(self, ema: bool = True) -> VelocityModel:
         return VelocityModel(self.ema if ema else self.net, self.interp, self.cfg.predict, self.eps0, self.eps1)
@@ -159,9 +154,6 @@ class Flow(Method):
     def forward_reference(self) -> Callable[[Tensor], Tensor]:
         v = self.velocity()
         return lambda x: v(torch.tensor(0.5, device=x.device), x)
-
-    def sampling_params(self) -> int:
-        return sum(p.numel() for p in self.ema.parameters())
 
 
 def flow_eval_points(label: str, nfes: list[int], solver_names: list[str]) -> list[EvalPoint]:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from bench.methods.base import EvalPoint, Method, Stage, StepContext, ema_copy
+from bench.methods.base import Batch, Method, Stage, Update, count_params, ema_copy
 from bench.methods.dcgan import ConvDiscriminator, ConvGenerator
 from torch import Tensor, nn
 
@@ -59,9 +59,11 @@ LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], T
 }
 
 
-def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, u: Tensor | None = None) -> Tensor:
     """E (||grad_x D(x_hat)||_2 - 1)^2, x_hat = u x + (1 - u) x_fake, u ~ U[0, 1] per sample (WGAN-GP, eq. 3)."""
-    u = torch.rand(len(real), *[1] * (real.ndim - 1), device=real.device, dtype=real.dtype)
+    if u is None:
+        u = torch.rand(len(real), device=real.device)
+    u = u.to(real.dtype).reshape(len(real), *[1] * (real.ndim - 1))
     x_hat = (u * real.detach() + (1 - u) * fake.detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
@@ -167,71 +169,50 @@ class GAN(Method):
         tags = [c.loss] + ([f"gp{c.gp_weight:g}"] if c.gp_weight > 0 else []) + (["sn"] if c.spectral_norm else [])
         return f"gan[{','.join(tags)}]"
 
-    def latent(self, n: int, device: torch.device) -> Tensor:
-        return torch.randn(n, self.latent_dim, device=device)
-
-    def critic_loss(self, real: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def critic_loss(self, b: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        real = b.x
         with torch.no_grad():
-            fake = self.g(self.latent(len(real), real.device))
-        d_real, d_fake = self.d(real), self.d(fake)
+            fake = self.g(b.randn(self.latent_dim))
+        scores = self.d(torch.cat([real, fake]))  # one pass of D over real and fake
+        d_real, d_fake = scores[: len(real)], scores[len(real) :]
         loss = self.d_loss(d_real, d_fake)
-        logs = {"d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        logs = {"d_real": d_real.mean(), "d_fake": d_fake.mean()}
         if self.cfg.gp_weight > 0:
-            gp = gradient_penalty(self.d, real, fake)
+            gp = gradient_penalty(self.d, real, fake, b.rand())
             loss = loss + self.cfg.gp_weight * gp
-            logs["gp"] = gp.item()
+            logs["gp"] = gp
         return loss, logs
+
+    def generator_loss(self, b: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.g_loss(self.d(self.g(b.randn(self.latent_dim)))), {}
 
     def stages(self) -> list[Stage]:
         c = self.cfg
-        opt_g = torch.optim.Adam(self.g.parameters(), lr=c.lr_g, betas=tuple(c.betas))
-        opt_d = torch.optim.Adam(self.d.parameters(), lr=c.lr_d, betas=tuple(c.betas))
-
-        def step(ctx: StepContext) -> dict[str, float]:
-            self.d.requires_grad_(True)
-            for _ in range(c.n_critic):
-                real = ctx.batch()
-                loss_d, logs = self.critic_loss(real)
-                gn_d = ctx.update(opt_d, loss_d)
-            self.d.requires_grad_(False)  # the G step needs gradients through D, not for D
-            loss_g = self.g_loss(self.d(self.g(self.latent(len(real), real.device))))
-            gn_g = ctx.update(opt_g, loss_g)
-            self.d.requires_grad_(True)
-            return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), **logs, "grad_norm_d": gn_d, "grad_norm_g": gn_g}
-
-        return [
-            Stage(
-                "gan",
-                self.train_cfg.steps,
-                step=step,
-                optimizers=[opt_g, opt_d],
-                ema=[(self.g_ema, self.g)],
-                ema_decay=self.train_cfg.ema_decay,
-            )
-        ]
+        betas = tuple(c.betas)
+        upd_d = Update(("d",), self.critic_loss, lr=c.lr_d, betas=betas, repeats=c.n_critic, name="d")
+        upd_g = Update(("g",), self.generator_loss, lr=c.lr_g, betas=betas, data=False, name="g")
+        tc = self.train_cfg
+        return [Stage("gan", tc.steps, [upd_d, upd_g], ema=[(self.g_ema, self.g)], ema_decay=tc.ema_decay)]
 
     def generator(self) -> nn.Module:
         """The sampling network: the generator EMA, or the online generator when train.ema_decay = 0."""
         return self.g_ema if self.train_cfg.ema_decay > 0 else self.g
 
-    def eval_points(self, nfes: list[int], solvers: list[str]) -> list[EvalPoint]:
-        return [EvalPoint(self.label(), "onestep", 1)]
-
     @torch.no_grad()
-    def sample(self, noise: Tensor, point: EvalPoint) -> tuple[Tensor, int]:
+    def sample(self, noise: Tensor, point) -> tuple[Tensor, int]:
         return self.generator()(noise), 1
 
     def forward_reference(self) -> Callable[[Tensor], Tensor]:
         return self.generator()
 
-    def sampling_params(self) -> int:
-        return sum(p.numel() for p in self.generator().parameters())
+    def sampling_nets(self) -> tuple[str, ...]:
+        return ("g_ema",) if self.train_cfg.ema_decay > 0 else ("g",)
 
     def record_extra(self) -> dict:
         return {
             "latent_dim": self.latent_dim,
-            "params_g": sum(p.numel() for p in self.g.parameters()),
-            "params_d": sum(p.numel() for p in self.d.parameters()),
+            "params_g": count_params(self.g),
+            "params_d": count_params(self.d),
             "sampling_net": "generator EMA" if self.train_cfg.ema_decay > 0 else "online generator",
         }
 

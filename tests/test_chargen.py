@@ -78,10 +78,17 @@ def test_semigroup_penalty_vanishes_on_exact_flow_map_only():
     assert float(semigroup_penalty(wrong, t, u, s, x)) > 1e-3
 
 
+def _batch(x, n: int = 0, seed: int = 0):
+    from bench.methods.base import Batch
+
+    n = n or len(x)
+    return Batch(x, n, 0, n, seed, torch.device("cpu"), 0)
+
+
 def test_noise_pairs_come_from_teacher_trajectories():
     m = _chargen(euler_steps=6, n_traj=50)
     m._make_trajectories()
-    k, l, xk, xl, traj = m.noise_pairs(200)
+    k, l, xk, xl, traj = m.noise_pairs(_batch(None, 200))
     assert torch.all(k < l) and torch.all(l <= 6) and torch.all(k >= 0)
     ar = torch.arange(200)
     assert torch.equal(xk, traj[ar, k]) and torch.equal(xl, traj[ar, l])
@@ -94,7 +101,7 @@ def test_noise_pairs_come_from_teacher_trajectories():
 def test_data_pairs_follow_reference_code_rules():
     m = _chargen(euler_steps=8, pairs_from="data")
     x1 = torch.randn(4000, 2)
-    i, j, xt, xu = m.data_pairs(x1)
+    i, j, xt, xu = m.data_pairs(_batch(x1))
     n = j - i
     assert torch.all(n >= 1) and torch.all(n <= 7) and torch.all(j <= 8)
     counts = torch.bincount(n, minlength=8)[1:].float()
@@ -140,14 +147,22 @@ def test_one_step_and_composition_nfe():
 def test_losses_run_and_decrease(loss, pairs):
     if loss == "reference" and pairs == "noise":
         pytest.skip("the reference-code loss draws its own data-started pairs")
-    from bench.methods.base import StepContext
+    from bench.methods.base import Batch
 
     m = _chargen(euler_steps=4, n_traj=256, pairs_from=pairs, loss=loss, init_from_teacher=False)
     fit = m.stages()[-1]
     fit.setup(False)
+    (upd,) = fit.updates
+    opt = upd.build_optimizer(list(m.g.parameters()))
     gen = torch.Generator().manual_seed(0)
-    ctx = StepContext(lambda n: torch.randn(n or 64, 2, generator=gen) * 0.5 + 1.0, grad_clip=1.0)
-    losses = [fit.step(ctx)["loss"] for _ in range(60)]
+    losses = []
+    for i in range(60):
+        b = Batch(torch.randn(64, 2, generator=gen) * 0.5 + 1.0, 64, 0, 64, i, torch.device("cpu"), i)
+        value, _ = upd.loss(b, i)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        losses.append(value.item())
     assert all(map(lambda v: v == v, losses))
     assert sum(losses[-10:]) < sum(losses[:10])
 

@@ -117,12 +117,12 @@ def test_resume_reproduces_an_uninterrupted_run(bench_cli, monkeypatch):
     real_train = engine.train
     calls = {"n": 0}
 
-    def interrupting_step(stage_step):
-        def step(ctx):
+    def interrupting_loss(loss):
+        def step(batch, i):
             calls["n"] += 1
             if calls["n"] == 31:
                 raise KeyboardInterrupt
-            return stage_step(ctx)
+            return loss(batch, i)
 
         return step
 
@@ -132,7 +132,8 @@ def test_resume_reproduces_an_uninterrupted_run(bench_cli, monkeypatch):
         def stages():
             st = orig()
             for s in st:
-                s.step = interrupting_step(s.step)
+                for u in s.updates:
+                    u.loss = interrupting_loss(u.loss)
             return st
 
         method.stages = stages
@@ -150,12 +151,14 @@ def test_resume_reproduces_an_uninterrupted_run(bench_cli, monkeypatch):
 
 PLUGIN = textwrap.dedent(
     '''
-    """A third-party method living outside the repo: a Gaussian fitted by moments."""
+    """A third-party method living outside the repo: a Gaussian fitted by maximum likelihood.
+    Config, network, loss, sample: the engine does the rest (optimiser, EMA, checkpoints, records)."""
     from dataclasses import dataclass
 
     import torch
+    from torch import nn
 
-    from bench.methods.base import EvalPoint, Method, Stage
+    from bench.methods.base import Method
     from bench.registry import register_method
 
 
@@ -164,34 +167,32 @@ PLUGIN = textwrap.dedent(
         shrink: float = 1.0
 
 
+    class Affine(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.mean = nn.Parameter(torch.zeros(dim))
+            self.log_scale = nn.Parameter(torch.zeros(dim))
+
+        def forward(self, z):
+            return self.mean + torch.exp(self.log_scale) * z
+
+
     @register_method("moment-gauss")
     class MomentGauss(Method):
-        """Gaussian with the data's mean and covariance."""
+        """Diagonal Gaussian fitted by maximum likelihood."""
 
         Config = Cfg
 
         def __init__(self, cfg, spec, train, workdir=None):
             super().__init__(cfg, spec, train, workdir)
-            self.register_buffer("mean", torch.zeros(spec.dim))
-            self.register_buffer("chol", torch.eye(spec.dim))
+            self.net = Affine(spec.dim)
 
-        def stages(self):
-            def step(ctx):
-                x = ctx.batch(2048)
-                self.mean.copy_(x.mean(0))
-                self.chol.copy_(torch.linalg.cholesky(torch.cov(x.T) + 1e-6 * torch.eye(x.shape[1])))
-                return {"loss": 0.0}
-
-            return [Stage("moments", 1, step=step)]
-
-        def eval_points(self, nfes, solvers):
-            return [EvalPoint("moment-gauss", "onestep", 1)]
+        def loss(self, batch, step):
+            z = (batch.x - self.net.mean) * torch.exp(-self.net.log_scale)
+            return (0.5 * z.pow(2) + self.net.log_scale).sum(1).mean(), {}
 
         def sample(self, noise, point):
-            return self.mean + self.cfg.shrink * noise @ self.chol.T, 1
-
-        def forward_reference(self):
-            return lambda z: self.mean + z @ self.chol.T
+            return self.net_ema(self.cfg.shrink * noise), 1
     '''
 )
 
@@ -219,6 +220,8 @@ def test_third_party_method_via_plugin_flag_reaches_the_leaderboard(tmp_path):
         "--dataset",
         "8gaussians",
         "--smoke",
+        "--set",
+        "train.lr=0.05",
         "--out",
         "res",
         "--runs-dir",
@@ -245,6 +248,8 @@ def test_third_party_method_via_entry_point_is_listed(tmp_path):
         "--dataset",
         "moons",
         "--smoke",
+        "--set",
+        "train.lr=0.05",
         "--out",
         "res",
         "--runs-dir",

@@ -12,7 +12,7 @@ import pytest
 import torch
 from bench.datasets.base import DataSpec
 from bench.methods import gan
-from bench.methods.base import StepContext
+from bench.methods.base import Batch
 from bench.methods.dcgan import ConvDiscriminator, ConvGenerator, resolution_plan
 from torch import nn
 
@@ -117,13 +117,6 @@ def test_dcgan_shapes_and_range(shape, plan):
     assert d(torch.rand(4, *shape) * 2 - 1).shape == (4,)
 
 
-class _Ctx(StepContext):
-    """A StepContext fed with random tensors (no data set needed)."""
-
-    def __init__(self, shape: tuple[int, ...], n: int = 8) -> None:
-        super().__init__(lambda m: torch.rand(m or n, *shape) * 2 - 1, grad_clip=1.0)
-
-
 @pytest.mark.parametrize(
     "name,shape", [(n, (2,)) for n in sorted(VARIANTS)] + [(n, (1, 8, 8)) for n in VARIANTS] + [("sngan", (3, 32, 32))]
 )
@@ -136,10 +129,17 @@ def test_method_step_and_sample(name, shape):
     train = from_dict(TrainConfig, {"batch_size": 8})
     m = cls(cfg, DataSpec("x", kind, shape, True), train)
     (stage,) = m.stages()
-    logs = stage.step(_Ctx(shape))
-    assert {"loss_d", "loss_g", "d_real", "d_fake"} <= set(logs) and all(math.isfinite(v) for v in logs.values())
+    upd_d, upd_g = stage.updates
+    assert upd_d.nets == ("d",) and upd_g.nets == ("g",) and upd_d.repeats == 2 and not upd_g.data
+    b = Batch(torch.rand(8, *shape) * 2 - 1, 8, 0, 8, 0, torch.device("cpu"), 0)
+    loss_d, logs = upd_d.loss(b, 0)
+    loss_g, _ = upd_g.loss(b, 0)
+    loss_d.backward()
+    loss_g.backward()
+    vals = [loss_d.item(), loss_g.item(), *(v.item() for v in logs.values())]
+    assert {"d_real", "d_fake"} <= set(logs) and all(math.isfinite(v) for v in vals)
     assert ("gp" in logs) == (cfg.gp_weight > 0)
-    assert all(p.requires_grad for p in m.d.parameters())
+    assert all(p.grad is not None for p in m.d.parameters())
     m.eval()
     z = torch.randn(3, *m.noise_shape)
     (point,) = m.eval_points([1, 2, 4], [])
