@@ -41,6 +41,11 @@ PluginOpt = Annotated[list[str] | None, typer.Option("--plugin", help="import th
 
 @contextmanager
 def _progress():
+    from bench.distributed import current
+
+    if not current().is_main:  # one progress display per job: rank 0's
+        yield None
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -97,39 +102,67 @@ def run(
     out_dir: OutOpt = Path("results"),
     runs_dir: RunsOpt = Path("runs"),
     plugin: PluginOpt = None,
+    nproc: Annotated[int, typer.Option("--nproc", help="processes on this machine (launches torchrun); 1 = plain")] = 1,
 ) -> None:
     """Train -> sample -> evaluate -> write a run record -> re-render the leaderboard."""
-    from bench import leaderboard
+    if nproc > 1:
+        _launch_torchrun(nproc)
+        return
+    from bench import distributed, leaderboard
     from bench.engine import TrainingDiverged
-    from bench.records import write_record
-    from bench.runner import base_record, evaluate_and_record, resolve_config, resolve_device, train_run
+    from bench.runner import evaluate_and_record, prepare_run, resolve_config, resolve_device, train_prepared
 
     _setup(plugin)
     cfg = resolve_config(method, dataset, config, set_, seed, smoke)
-    dev = resolve_device(device)
-    console.print(f"[bold]{cfg.method_name}[/bold] on [bold]{cfg.dataset_name}[/bold] (seed {cfg.seed}, {dev})")
+    dev = resolve_device(device, distributed.init_from_env(device))
+    dist = distributed.current()
+    run = prepare_run(cfg, runs_dir, dev)
+    if dist.is_main:
+        console.print(
+            f"[bold]{cfg.method_name}[/bold] on [bold]{cfg.dataset_name}[/bold] (seed {cfg.seed}, {dev}"
+            + (f", {dist.world} processes" if dist.active else "")
+            + f") -> {run.folder}"
+        )
     with _progress() as p:
         try:
-            run_id, workdir, ds, m, state = train_run(cfg, runs_dir, dev, progress=p)
+            train_prepared(run, progress=p)
         except TrainingDiverged as e:
-            _record_divergence(cfg, runs_dir, dev, out_dir, str(e), base_record, write_record, leaderboard)
+            if dist.is_main:
+                _record_divergence(run, out_dir, str(e))
             raise
-        record, path = evaluate_and_record(cfg, run_id, workdir, ds, m, state, dev, out_dir, progress=p)
+        record, path = evaluate_and_record(
+            cfg, run.id, run.folder, run.dataset, run.method, run.state, dev, out_dir, progress=p
+        )
+    if not dist.is_main:
+        return
     _, tables = leaderboard.render(out_dir)
     _print_tables(tables, cfg.dataset_name)
-    console.print(f"record: {path}\nleaderboard: {out_dir / 'LEADERBOARD.md'}\nrun folder: {workdir}")
+    console.print(f"record: {path}\nleaderboard: {out_dir / 'LEADERBOARD.md'}\nrun folder: {run.folder}")
 
 
-def _record_divergence(cfg, runs_dir, dev, out_dir, msg, base_record, write_record, leaderboard) -> None:
+def _launch_torchrun(nproc: int) -> None:
+    """``bench run --nproc N ...``: the same command under torchrun, N processes on this machine."""
+    import os
+    import subprocess
+
+    argv = [a for a in sys.argv[1:]]
+    i = argv.index("--nproc")
+    del argv[i : i + 2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += ["-m", "bench.cli", *argv]
+    console.print("launching: " + " ".join(cmd[2:]), highlight=False)
+    code = subprocess.call(cmd, env=dict(os.environ))
+    if code != 0:
+        raise BenchError(f"torchrun exited with code {code} (see the ranks' messages above)")
+
+
+def _record_divergence(run, out_dir: Path, msg: str) -> None:
+    from bench import leaderboard
     from bench.engine import TrainState
-    from bench.runner import build
+    from bench.records import write_record
+    from bench.runner import base_record
 
-    workdirs = sorted(
-        Path(runs_dir).glob(f"{cfg.method_name}-{cfg.dataset_name}-s{cfg.seed}-*"), key=lambda p: p.stat().st_mtime
-    )
-    workdir = workdirs[-1] if workdirs else Path(runs_dir)
-    ds, m = build(cfg, workdir, dev)
-    rec = base_record(cfg, workdir.name, workdir, ds, m, TrainState(), dev)
+    rec = base_record(run.cfg, run.id, run.folder, run.dataset, run.method, run.state or TrainState(), run.device)
     rec.update(status="diverged", message=msg)
     write_record(out_dir, rec)
     leaderboard.render(out_dir)
@@ -150,16 +183,19 @@ def train(
     plugin: PluginOpt = None,
 ) -> None:
     """Train only; writes runs/<run-id>/{config.yaml, ckpt.pt, log.jsonl}."""
-    from bench.runner import resolve_config, resolve_device, train_run
+    from bench import distributed
+    from bench.runner import check_run_id, resolve_config, resolve_device, train_run
 
     _setup(plugin)
+    if run_id is not None:
+        check_run_id(run_id)
     if resume and run_id:
         wd = runs_dir / run_id
         if not (wd / "config.yaml").is_file():
             raise BenchError(f"nothing to resume: {wd / 'config.yaml'} does not exist")
         config, method, dataset = str(wd / "config.yaml"), None, None
     cfg = resolve_config(method, dataset, config, set_, seed, smoke)
-    dev = resolve_device(device)
+    dev = resolve_device(device, distributed.init_from_env(device))
     with _progress() as p:
         rid, workdir, *_ = train_run(cfg, runs_dir, dev, run_id=run_id, resume=resume, progress=p)
     out.print(str(workdir))
@@ -321,6 +357,19 @@ def doctor() -> None:
     for k, v in asset_report():
         tab.add_row(k, v)
     out.print(tab)
+
+
+@app.command()
+def report(out_dir: OutOpt = Path("results")) -> None:
+    """Render figures (results/figures/<dataset>/*.png) and the static page results/index.html from records only."""
+    from bench.page import render_page
+    from bench.report import plan_report, render_report
+
+    for path in render_report(out_dir):
+        out.print(str(path))
+    for title, note in plan_report(out_dir).skipped:
+        console.print(f"not drawn ({escape(title)}): {escape(note)}", highlight=False, soft_wrap=True)
+    out.print(str(render_page(out_dir)))
 
 
 def main() -> None:
