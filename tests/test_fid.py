@@ -418,6 +418,13 @@ def test_inception_fid_metric_end_to_end(inception_file, tmp_path, monkeypatch):
     assert proto["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and not proto["weights_official"]
     assert proto["engine"] == "torch-fidelity" and proto["extractor"] == "inception-v3-compat"
     assert proto["comparable"] is False and "rank-deficient" in proto["comparable_reason"]
+    sha = proto["weights_sha256"]
+    assert proto["not_comparable_because"] == [
+        "n_gen 4 < 50000",
+        f"weights sha256 {sha[:12]}… is not the official weights-inception-2015-12-05-6726825d.pth",
+        "n_gen=4 < feature dim 2048: covariance rank-deficient",
+        "n_ref=4 < feature dim 2048: covariance rank-deficient",
+    ]
     assert proto["n_ref_used"] == 4 and proto["stats_dtype"] == "float64" and "299" in proto["resize"]
     with torch.no_grad():
         fg, fr = net(gen_u8)[0].double().numpy(), net(ref_u8)[0].double().numpy()
@@ -515,10 +522,13 @@ def test_metric_protocols_carry_required_fields(digits_cache, digits_ds):
     ctx = _ctx(digits_ds, digits_cache, ["fd_digits"], 100, 1500)
     gen = TensorSamples(from_uint8(digits_ds.split_u8("test")[:100]))
     _, proto = METRICS.get("fd_digits")(gen, ctx)
-    for k in ["extractor", "weights_sha256", "reference_split", "n_ref_used", "resize", "engine", "stats_dtype"]:
+    for k in ["extractor", "weights_sha256", "reference_split", "n_ref_used", "resize", "engine", "stats_dtype",
+              "resize_mode", "reference_split_size", "comparable_to", "not_comparable_because"]:  # fmt: skip
         assert k in proto, k
     assert proto["classifier_test_accuracy"] >= 0.95
-    assert proto["comparable"] is True  # 100 >= 64 features, the suite's own weights
+    assert proto["comparable"] is True  # 100 >= 64 features, the suite's own weights, the whole train split
+    assert proto["not_comparable_because"] == [] and proto["comparable_to"] == F.SUITE_SCOPE
     ctx = _ctx(digits_ds, digits_cache, ["fd_digits"], 40, 1500)  # a new (point, repeat): fresh ctx.shared
     _, small = METRICS.get("fd_digits")(TensorSamples(from_uint8(digits_ds.split_u8("test")[:40])), ctx)
     assert small["comparable"] is False and "n_gen=40" in small["comparable_reason"]
+    assert small["not_comparable_because"] == ["n_gen=40 < feature dim 64: covariance rank-deficient"]

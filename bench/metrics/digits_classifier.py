@@ -159,6 +159,7 @@ class DigitsExtractor(FeatureExtractor):
     name = VERSION
     engine = "bench"
     resize = "none (native 1x8x8)"
+    resize_mode = "none"
     dim = FEATURE_DIM
     batch_size = 2048
 

@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from bench.pixels import to_uint8
 CACHE_FORMAT = 1  # bump when the cache file layout changes
 REF_SUBSET_SEED = 0  # which n_ref training images are used when n_ref < the split size
 FEATURE_BATCH = 256
+WHOLE_SPLIT = 0  # n_ref meaning "every image of the split" (the literature's reference)
 
 
 class FeatureExtractor:
@@ -34,7 +35,8 @@ class FeatureExtractor:
 
     name: str = ""  # e.g. "inception-v3-compat", "digits-cnn-v1"
     engine: str = ""  # "torch-fidelity", "clean-fid", "bench"
-    resize: str = ""  # how images reach the network's input size
+    resize: str = ""  # how images reach the network's input size (prose)
+    resize_mode: str = ""  # the same as a short fixed tag: "tf1-bilinear-299", "pil-bicubic-299", "none"
     dim: int = 0
     weights_sha256: str = ""
     weights_official: bool = False  # sha256 equals the published file's
@@ -51,6 +53,7 @@ class FeatureExtractor:
             "weights_official": self.weights_official,
             "feature_dim": self.dim,
             "resize": self.resize,
+            "resize_mode": self.resize_mode,
         }
 
 
@@ -159,8 +162,22 @@ def generated_feature_set(gen: Any, extractor: FeatureExtractor, shared: dict, k
 # reference statistics cache
 
 
-def reference_key(dataset: Any, split: str, n_ref: int, extractor: FeatureExtractor) -> dict:
-    """Everything that changes the reference statistics (PROTOCOL.md, FID section)."""
+def resolve_n_ref(n_ref: int | None, split_size: int) -> int:
+    """The number of reference images actually used: ``None`` or ``0`` (:data:`WHOLE_SPLIT`) = the whole
+    split, N > 0 = a seeded subset of N images (the whole split when N >= its size); negative: BenchError."""
+    if n_ref is None or n_ref == WHOLE_SPLIT:
+        return int(split_size)
+    if n_ref < 0:
+        raise BenchError(f"n_ref must be >= 0 (0 = the whole split), got {n_ref}")
+    return int(min(n_ref, split_size))
+
+
+def reference_key(dataset: Any, split: str, n_ref: int | None, extractor: FeatureExtractor) -> dict:
+    """Everything that changes the reference statistics (PROTOCOL.md, FID section).
+
+    ``n_ref`` in the key is the number of images actually used, so the whole split is keyed by its size
+    (asking for 0, for the size or for more gives one key and one file) and a subset by its own size.
+    """
     data_id = getattr(dataset, "data_id", None)
     if data_id is None:
         raise BenchError(f"data set {dataset.spec.name!r} has no data_id(split); cannot key reference statistics")
@@ -173,7 +190,7 @@ def reference_key(dataset: Any, split: str, n_ref: int, extractor: FeatureExtrac
         "engine": extractor.engine,
         "weights_sha256": extractor.weights_sha256,
         "resize": extractor.resize,
-        "n_ref": int(min(n_ref, len(dataset.split_u8(split)))),  # the number actually used
+        "n_ref": resolve_n_ref(n_ref, len(_split_images(dataset, split))),
         "subset_seed": REF_SUBSET_SEED,
     }
 
@@ -182,42 +199,74 @@ def _key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _reference_images(dataset: Any, split: str, n_ref: int) -> Tensor:
+def _split_images(dataset: Any, split: str) -> Tensor:
     try:
         u8 = dataset.split_u8(split)
     except (KeyError, ValueError) as e:
         raise BenchError(f"data set {dataset.spec.name!r} has no {split!r} split for reference statistics") from e
     if u8.dtype != torch.uint8:
         raise BenchError(f"{dataset.spec.name}.split_u8({split!r}) must return uint8 images, got {u8.dtype}")
-    if n_ref < len(u8):  # a fixed, seeded subset; the whole split otherwise
-        idx = torch.randperm(len(u8), generator=torch.Generator().manual_seed(REF_SUBSET_SEED))[:n_ref]
+    return u8
+
+
+def _reference_images(dataset: Any, split: str, n_ref: int | None) -> Tensor:
+    u8 = _split_images(dataset, split)
+    n = resolve_n_ref(n_ref, len(u8))
+    if n < len(u8):  # a fixed, seeded subset; the whole split otherwise
+        idx = torch.randperm(len(u8), generator=torch.Generator().manual_seed(REF_SUBSET_SEED))[:n]
         u8 = u8[idx.sort().values]
     return u8
 
 
+# Loaded cache files, so that the metrics of every eval point (FID, KID, precision, recall) do not each
+# re-read a whole-split file (50,000 x 2048 float32 features = 400 MB for CIFAR-10). Valid only while the
+# file keeps its size and mtime; the last _REF_MEMO_MAX files are kept.
+_REF_MEMO: dict[str, tuple[tuple[int, int], FeatureSet]] = {}
+_REF_MEMO_MAX = 2
+
+
+def _stat_sig(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _remember(path: Path, fs: FeatureSet) -> None:
+    _REF_MEMO.pop(str(path), None)
+    _REF_MEMO[str(path)] = (_stat_sig(path), fs)
+    while len(_REF_MEMO) > _REF_MEMO_MAX:
+        _REF_MEMO.pop(next(iter(_REF_MEMO)))
+
+
 def reference_feature_set(
-    dataset: Any, split: str, n_ref: int, extractor: FeatureExtractor, cache_dir: str | Path | None
+    dataset: Any, split: str, n_ref: int | None, extractor: FeatureExtractor, cache_dir: str | Path | None
 ) -> FeatureSet:
     """Reference statistics + features of ``split``, from the disk cache when the key matches exactly.
 
-    Cache file: ``<cache_dir>/refstats/<extractor>-<digest of key>.npz`` holding the key (JSON), mu,
-    sigma (float64) and the features (float32); loaded with ``allow_pickle=False``; written atomically.
+    ``n_ref``: ``0``/``None`` = the whole split (the default of every image metric), N > 0 = a seeded
+    subset of N images. Cache file: ``<cache_dir>/refstats/<extractor>-<digest of key>.npz`` holding the
+    key (JSON), mu, sigma (float64) and the features (float32); loaded with ``allow_pickle=False``;
+    written atomically; kept in memory while the file is unchanged.
     """
     key = reference_key(dataset, split, n_ref, extractor)
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "refstats" / f"{extractor.name}-{_key_digest(key)}.npz"
         if path.is_file():
+            memo = _REF_MEMO.get(str(path))
+            if memo is not None and memo[0] == _stat_sig(path):
+                return replace(memo[1], info={"cache": "hit"})
             try:
                 with np.load(path, allow_pickle=False) as z:
                     if json.loads(str(z["key"])) == key:
-                        return FeatureSet(
+                        fs = FeatureSet(
                             int(z["n"]),
                             z["mu"].astype(np.float64),
                             z["sigma"].astype(np.float64),
                             torch.from_numpy(z["feats"].copy()),
                             {"cache": "hit"},
                         )
+                        _remember(path, fs)
+                        return fs
             except (OSError, ValueError, KeyError):
                 pass  # unreadable or foreign file: recompute and overwrite
     u8 = _reference_images(dataset, split, n_ref)
@@ -234,4 +283,5 @@ def reference_feature_set(
             feats=fs.feats.numpy(),
         )
         atomic_write_bytes(path, buf.getvalue())
+        _remember(path, fs)
     return fs

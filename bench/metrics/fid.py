@@ -10,13 +10,22 @@ Registered metrics (kind "image"):
   chosen automatically for the ``digits`` data set (never called FID).
 
 Generated features are computed once per (eval point, repeat) and shared through ``ctx.shared``;
-reference statistics of the training split are cached on disk (``bench.metrics.features``).
+reference statistics come from the **whole training split** unless ``eval.n_ref_images`` asks for a seeded
+subset (``eval.n_ref``, the fresh reference samples of points data, is not used here), and are cached on
+disk (``bench.metrics.features``).
+
+Every protocol dict says whether its number is ``comparable`` and, if not, ``not_comparable_because``
+(short reasons). Inception metrics are checked against the literature's protocol
+(:func:`literature_protocol_check`); the digits classifier has no published counterpart, so its metrics
+are checked against the suite's own fixed protocol (:func:`suite_protocol_check`) and say so in
+``comparable_to``.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +34,7 @@ from torch import Tensor
 
 from bench.errors import BenchError
 from bench.metrics.features import (
+    WHOLE_SPLIT,
     FeatureExtractor,
     FeatureSet,
     RunningStats,
@@ -40,6 +50,28 @@ KID_SEED = 2020
 PR_NEIGHBORHOOD = 3
 REFERENCE_SPLIT = "train"
 LITERATURE_N_GEN = 50_000
+LITERATURE_RESIZE_MODE = "tf1-bilinear-299"
+# The Inception networks the suite runs: extractor name -> (engine, names in bench.metrics.inception of the
+# official file's sha256 and file name). clean-fid's "clean" mode runs the official network too; only its
+# resize differs from the literature's.
+INCEPTION_EXTRACTORS = {
+    "inception-v3-compat": ("torch-fidelity", "TFID_SHA256", "TFID_FILENAME"),
+    "clean-fid-inception-legacy_tensorflow": ("clean-fid", "CLEANFID_SHA256", "CLEANFID_FILENAME"),
+    "clean-fid-inception-clean": ("clean-fid", "CLEANFID_SHA256", "CLEANFID_FILENAME"),
+}
+LITERATURE_SCOPE = (
+    "published numbers of the literature protocol: Inception-v3 pool3 with the official weights "
+    "(torch-fidelity inception-v3-compat or clean-fid legacy_tensorflow), TF1-bilinear resize to 299x299, "
+    f"{LITERATURE_N_GEN:,} generated samples vs the whole training split"
+)
+PR_SCOPE_NOTE = (
+    "; precision/recall on Inception pool3 features (as in ADM's evaluator): Kynkäänniemi et al. 2019 and "
+    "StyleGAN2-ADA use VGG-16 features, so their precision/recall numbers are not comparable"
+)
+SUITE_SCOPE = (
+    "this suite's own fixed protocol (an internal feature space with no published counterpart): other rows "
+    "of the suite with the same n_gen and classifier sha256, never published FIDs"
+)
 
 # ----------------------------------------------------------------------------------------------
 # pure numerics
@@ -129,11 +161,97 @@ def precision_recall_from_features(gen: Tensor, ref: Tensor, k: int = PR_NEIGHBO
 
 
 # ----------------------------------------------------------------------------------------------
+# comparability: pure functions of a metric's protocol dict
+
+
+def _reference_reasons(proto: dict) -> list[str]:
+    split = proto.get("reference_split")
+    out = [] if split == REFERENCE_SPLIT else [f"reference split {split or 'unknown'}, not {REFERENCE_SPLIT}"]
+    n_ref, size = proto.get("n_ref_used"), proto.get("reference_split_size")
+    if n_ref is None or size is None:
+        out.append("reference size unknown")
+    elif n_ref < size:
+        out.append(f"reference: {n_ref}-image subset of {split}")
+    elif n_ref != size:
+        out.append(f"reference: n_ref {n_ref} != split size {size}")
+    return out
+
+
+def literature_protocol_check(proto: dict) -> list[str]:
+    """Why the number of ``proto`` (a metric protocol dict) is not comparable with published FID/KID/precision/
+    recall numbers; ``[]`` = comparable.
+
+    The literature's protocol: ``n_gen_used`` = 50,000; the reference is the whole ``train`` split
+    (``n_ref_used`` = ``reference_split_size``); the extractor is Inception-v3 pool3 as torch-fidelity's
+    ``inception-v3-compat`` or clean-fid's ``legacy_tensorflow``; ``weights_sha256`` is the official file's
+    (read from :mod:`bench.metrics.inception` at call time); ``resize_mode`` is TF1 bilinear to 299x299.
+    A missing key is a reason too (an incomplete protocol is never comparable).
+    """
+    from bench.metrics import inception
+
+    reasons = []
+    n_gen = proto.get("n_gen_used")
+    if n_gen is None:
+        reasons.append("n_gen unknown")
+    elif n_gen != LITERATURE_N_GEN:
+        reasons.append(f"n_gen {n_gen} {'<' if n_gen < LITERATURE_N_GEN else '>'} {LITERATURE_N_GEN}")
+    reasons += _reference_reasons(proto)
+    name, engine = proto.get("extractor"), proto.get("engine")
+    known = INCEPTION_EXTRACTORS.get(name)
+    if known is None:
+        reasons.append(
+            f"extractor {name or 'unknown'} is not Inception-v3 pool3 "
+            "(torch-fidelity inception-v3-compat or clean-fid legacy_tensorflow)"
+        )
+    else:
+        want_engine, sha_attr, file_attr = known
+        if engine != want_engine:
+            reasons.append(f"extractor {name} run by {engine or 'an unknown engine'}, not {want_engine}")
+        sha = proto.get("weights_sha256") or ""
+        if not sha:
+            reasons.append("weights sha256 unknown")
+        elif sha != getattr(inception, sha_attr):
+            reasons.append(f"weights sha256 {sha[:12]}… is not the official {getattr(inception, file_attr)}")
+    mode = proto.get("resize_mode") or "unknown"
+    if mode != LITERATURE_RESIZE_MODE:
+        reasons.append(f"resize {mode}, not {LITERATURE_RESIZE_MODE}")
+    return reasons
+
+
+def suite_protocol_check(proto: dict) -> list[str]:
+    """The same question for the suite's own feature space (``digits-cnn-v1``), which has no literature
+    protocol: the reference is the whole ``train`` split, the extractor the suite's classifier on native
+    8x8 pixels (no resize). n_gen is not fixed: tables group rows by n_gen, and FD metrics add their own
+    rank-deficiency reason below the feature dimension. ``[]`` = comparable within the suite."""
+    from bench.metrics.digits_classifier import VERSION
+
+    reasons = _reference_reasons(proto)
+    name = proto.get("extractor")
+    if name != VERSION:
+        reasons.append(f"extractor {name or 'unknown'} is not the suite's {VERSION}")
+    mode = proto.get("resize_mode") or "unknown"
+    if mode != "none":
+        reasons.append(f"resize {mode}, not none")
+    return reasons
+
+
+def rank_reasons(n_gen: int, n_ref: int, dim: int) -> list[str]:
+    """Fréchet distances only: a Gaussian fit of fewer samples than feature dimensions is singular."""
+    out = []
+    if n_gen < dim:
+        out.append(f"n_gen={n_gen} < feature dim {dim}: covariance rank-deficient")
+    if n_ref < dim:
+        out.append(f"n_ref={n_ref} < feature dim {dim}: covariance rank-deficient")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # families of registered metrics (one extractor each)
 
 
 class Family:
-    """Metrics sharing one feature extractor: which data they apply to, how to build the extractor."""
+    """Metrics sharing one feature extractor: which data they apply to, how to build the extractor, and
+    which protocol their numbers are checked against (``literature`` or ``suite``)."""
 
     def __init__(
         self,
@@ -142,8 +260,12 @@ class Family:
         applies: Callable[[Any, Any], bool],
         check: Callable[[Any, Any], None],
         names: dict[str, str],
+        protocol: str = "literature",
     ) -> None:
         self.tag, self.build, self.applies, self.check, self.names = tag, build, applies, check, names
+        if protocol not in ("literature", "suite"):
+            raise ValueError(f"protocol must be 'literature' or 'suite', got {protocol!r}")
+        self.protocol = protocol
 
     def needs_features(self, ctx: MetricContext) -> bool:
         """Keep per-sample features only when a KID/PR metric of this family will run (else O(1) memory)."""
@@ -152,61 +274,92 @@ class Family:
         chosen = {m.name for m in applicable_metrics(ctx.dataset.spec, ctx.eval_cfg)}
         return bool(chosen & {v for k, v in self.names.items() if k != "fd"})
 
+    def preflight(self, dataset: Any, ev: Any) -> None:
+        reference_images_requested(ev)
+        self.check(dataset, ev)
 
-def _feature_sets(
-    fam: Family, gen: Any, ctx: MetricContext, keep: bool
-) -> tuple[FeatureExtractor, FeatureSet, FeatureSet]:
-    fam.check(ctx.dataset, ctx.eval_cfg)
+
+def reference_images_requested(ev: Any) -> int:
+    """``eval.n_ref_images``: ``0`` (the default) = the whole training split, N >= 2 = a seeded N-image
+    subset (never comparable); anything else is a BenchError. ``eval.n_ref`` is not read here."""
+    n = getattr(ev, "n_ref_images", WHOLE_SPLIT)
+    n = WHOLE_SPLIT if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n == 1:
+        raise BenchError(f"eval.n_ref_images must be 0 (the whole training split) or >= 2, got {n!r}")
+    return n
+
+
+@dataclass
+class _Sets:
+    ex: FeatureExtractor
+    gen: FeatureSet
+    ref: FeatureSet
+    split_size: int
+
+
+def _feature_sets(fam: Family, gen: Any, ctx: MetricContext, keep: bool) -> _Sets:
+    fam.preflight(ctx.dataset, ctx.eval_cfg)
     ex = fam.build(ctx)
-    split = REFERENCE_SPLIT
-    ref = reference_feature_set(ctx.dataset, split, ctx.eval_cfg.n_ref, ex, ctx.cache_dir)
+    n_ref = reference_images_requested(ctx.eval_cfg)
+    ref = reference_feature_set(ctx.dataset, REFERENCE_SPLIT, n_ref, ex, ctx.cache_dir)
     gfs = generated_feature_set(gen, ex, ctx.shared, keep)
-    return ex, gfs, ref
+    return _Sets(ex, gfs, ref, len(ctx.dataset.split_u8(REFERENCE_SPLIT)))
 
 
-def _protocol(ex: FeatureExtractor, gfs: FeatureSet, ref: FeatureSet, ctx: MetricContext, what: str) -> dict:
-    reasons = []
-    if gfs.n < ex.dim:
-        reasons.append(f"n_gen={gfs.n} < feature dim {ex.dim}: covariance rank-deficient")
-    if ref.n < ex.dim:
-        reasons.append(f"n_ref={ref.n} < feature dim {ex.dim}: covariance rank-deficient")
-    if not ex.weights_official:
-        reasons.append("weights are not the published file (sha256 differs)")
+def _protocol(fam: Family, sets: _Sets, ctx: MetricContext, what: str, fd: bool = False) -> dict:
+    ex, gfs, ref = sets.ex, sets.gen, sets.ref
     data_id = ctx.dataset.data_id(REFERENCE_SPLIT)
-    return {
+    if ref.n >= sets.split_size:
+        reference = f"whole {REFERENCE_SPLIT} split of {data_id} (n={ref.n}), statistics cached on disk"
+    else:
+        reference = (
+            f"seeded {ref.n}-image subset of the {REFERENCE_SPLIT} split of {data_id} ({sets.split_size} images), "
+            "statistics cached on disk"
+        )
+    proto = {
         **ex.describe(),
         "distance": what,
-        "reference": f"{REFERENCE_SPLIT} split of {data_id} (n={ref.n}), statistics cached on disk",
+        "reference": reference,
         "reference_split": REFERENCE_SPLIT,
+        "reference_split_size": sets.split_size,
         "reference_data_id": data_id,
         "n_ref_used": ref.n,
         "n_gen_used": gfs.n,
         "stats_dtype": "float64",
         "pixels": "bench.pixels.to_uint8 of [-1, 1] samples",
-        "comparable": not reasons,
-        "comparable_reason": "; ".join(reasons),
     }
+    if fam.protocol == "literature":
+        reasons, scope = literature_protocol_check(proto), LITERATURE_SCOPE
+    else:
+        reasons, scope = suite_protocol_check(proto), SUITE_SCOPE
+    if fd:
+        reasons += rank_reasons(gfs.n, ref.n, ex.dim)
+    proto.update(
+        comparable=not reasons,
+        not_comparable_because=reasons,
+        comparable_reason="; ".join(reasons),
+        comparable_to=scope,
+    )
+    return proto
 
 
 def _register_family(fam: Family) -> None:
     n = fam.names
 
-    @metric(n["fd"], kinds=("image",), applies=fam.applies, check=fam.check)
+    @metric(n["fd"], kinds=("image",), applies=fam.applies, check=fam.preflight)
     def _fd(gen, ctx: MetricContext) -> tuple[float, dict]:
-        ex, gfs, ref = _feature_sets(fam, gen, ctx, fam.needs_features(ctx))
-        value, info = frechet_distance_info(gfs.mu, gfs.sigma, ref.mu, ref.sigma)
-        proto = _protocol(ex, gfs, ref, ctx, "Fréchet distance of Gaussian fits (float64, scipy sqrtm)")
-        if fam.tag == "inception" and gfs.n != LITERATURE_N_GEN:
-            proto["literature_protocol"] = f"no: n_gen={gfs.n}, the literature uses {LITERATURE_N_GEN}"
+        sets = _feature_sets(fam, gen, ctx, fam.needs_features(ctx))
+        value, info = frechet_distance_info(sets.gen.mu, sets.gen.sigma, sets.ref.mu, sets.ref.sigma)
+        proto = _protocol(fam, sets, ctx, "Fréchet distance of Gaussian fits (float64, scipy sqrtm)", fd=True)
         return value, {**proto, **info}
 
     if "kid" in n:
 
-        @metric(n["kid"], kinds=("image",), applies=fam.applies, check=fam.check)
+        @metric(n["kid"], kinds=("image",), applies=fam.applies, check=fam.preflight)
         def _kid(gen, ctx: MetricContext) -> tuple[float, dict]:
-            ex, gfs, ref = _feature_sets(fam, gen, ctx, True)
-            mean, std, m = kid_from_features(gfs.feats, ref.feats)
-            proto = _protocol(ex, gfs, ref, ctx, "KID: unbiased MMD², cubic polynomial kernel (torch-fidelity)")
+            sets = _feature_sets(fam, gen, ctx, True)
+            mean, std, m = kid_from_features(sets.gen.feats, sets.ref.feats)
+            proto = _protocol(fam, sets, ctx, "KID: unbiased MMD², cubic polynomial kernel (torch-fidelity)")
             proto.update(kid_subsets=KID_SUBSETS, kid_subset_size=m, kid_seed=KID_SEED, kid_std=std)
             return mean, proto
 
@@ -215,16 +368,18 @@ def _register_family(fam: Family) -> None:
             continue
 
         def _pr(gen, ctx: MetricContext, which=which) -> tuple[float, dict]:
-            ex, gfs, ref = _feature_sets(fam, gen, ctx, True)
-            key = ("prc", ex.name, ex.weights_sha256)
+            sets = _feature_sets(fam, gen, ctx, True)
+            key = ("prc", sets.ex.name, sets.ex.weights_sha256)
             if key not in ctx.shared:
-                ctx.shared[key] = precision_recall_from_features(gfs.feats, ref.feats)
+                ctx.shared[key] = precision_recall_from_features(sets.gen.feats, sets.ref.feats)
             p, r = ctx.shared[key]
-            proto = _protocol(ex, gfs, ref, ctx, f"improved {which}, k-NN manifolds (torch-fidelity)")
+            proto = _protocol(fam, sets, ctx, f"improved {which}, k-NN manifolds (torch-fidelity)")
             proto.update(prc_neighborhood=PR_NEIGHBORHOOD)
+            if fam.protocol == "literature":
+                proto["comparable_to"] += PR_SCOPE_NOTE
             return (p if which == "precision" else r), proto
 
-        metric(n[which], kinds=("image",), applies=fam.applies, check=fam.check, lower_is_better=False)(_pr)
+        metric(n[which], kinds=("image",), applies=fam.applies, check=fam.preflight, lower_is_better=False)(_pr)
 
 
 # --- Inception (torch-fidelity engine, default) ----------------------------------------------
@@ -303,5 +458,6 @@ _register_family(
         applies=lambda spec, ev: _is_digits(spec) and tuple(spec.shape) == (1, 8, 8),
         check=_check_digits,
         names={"fd": "fd_digits", "kid": "kid_digits", "precision": "precision_digits", "recall": "recall_digits"},
+        protocol="suite",
     )
 )

@@ -34,13 +34,15 @@ from bench.errors import BenchError
 from bench.metrics.features import FeatureExtractor, default_cache_dir, sha256_file
 
 # torch-fidelity v0.2.0 release asset (URL_INCEPTION_V3 in torch_fidelity/feature_extractor_inceptionv3.py).
-# "6726825d" in the file name is torch.hub's sha256-prefix convention; the full digest below is the one
-# published alongside that file (not re-downloadable on this offline machine; a mismatch is never fatal,
-# it only marks the weights unofficial and the number not comparable).
+# torch-fidelity itself publishes only "6726825d", the first 8 hex digits of the sha256 (torch.hub's
+# file-name convention). The full digest below is the one independent public projects record for that
+# file (95,628,359 bytes) and it starts with that prefix; it could not be recomputed on this offline
+# machine. A mismatch is never fatal: it marks the weights unofficial and every number not comparable.
 TFID_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 TFID_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + TFID_FILENAME
 TFID_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
-# clean-fid / StyleGAN2-ADA TorchScript Inception (cleanfid/downloads_helper.py `inception_url`).
+# clean-fid / StyleGAN2-ADA TorchScript Inception (cleanfid/downloads_helper.py `inception_url`); the
+# sha256 is the download digest k-diffusion pins for the same URL (95,607,719 bytes).
 CLEANFID_FILENAME = "inception-2015-12-05.pt"
 CLEANFID_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + CLEANFID_FILENAME
 CLEANFID_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
@@ -228,6 +230,7 @@ class TorchFidelityInception(FeatureExtractor):
     name = "inception-v3-compat"
     engine = "torch-fidelity"
     resize = "tf1-bilinear to 299x299 inside torch-fidelity (grayscale repeated to RGB)"
+    resize_mode = "tf1-bilinear-299"
     dim = 2048
     batch_size = 64
 
@@ -277,6 +280,7 @@ class CleanFidInception(FeatureExtractor):
             "legacy_tensorflow": "tf1-bilinear to 299x299 inside the TorchScript graph (clean-fid legacy_tensorflow)",
             "clean": "PIL bicubic (float, no quantisation) to 299x299 (clean-fid clean)",
         }[mode]
+        self.resize_mode = {"legacy_tensorflow": "tf1-bilinear-299", "clean": "pil-bicubic-299"}[mode]
         self.device = device or _device()
         folder = place_for_cleanfid(self.path, stage_dir)
         self.net = InceptionV3W(str(folder), download=False, resize_inside=mode == "legacy_tensorflow").to(self.device)
