@@ -36,6 +36,7 @@ SmokeOpt = Annotated[bool, typer.Option("--smoke", help="tiny budget for tests/C
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto")]
 OutOpt = Annotated[Path, typer.Option("--out", help="results folder (records + leaderboard)")]
 RunsOpt = Annotated[Path, typer.Option("--runs-dir", help="folder for run artefacts (checkpoints, logs, samples)")]
+RunDirOpt = Annotated[Path, typer.Option("--run", "--run-dir", help="run folder runs/<id> (--run-dir under torchrun)")]
 PluginOpt = Annotated[list[str] | None, typer.Option("--plugin", help="import this module first (registers methods)")]
 
 
@@ -108,7 +109,7 @@ def run(
     if nproc > 1:
         _launch_torchrun(nproc)
         return
-    from bench import distributed, leaderboard
+    from bench import distributed
     from bench.engine import TrainingDiverged
     from bench.runner import evaluate_and_record, prepare_run, resolve_config, resolve_device, train_prepared
 
@@ -135,9 +136,19 @@ def run(
         )
     if not dist.is_main:
         return
-    _, tables = leaderboard.render(out_dir)
+    tables = _render(out_dir)
     _print_tables(tables, cfg.dataset_name)
     console.print(f"record: {path}\nleaderboard: {out_dir / 'LEADERBOARD.md'}\nrun folder: {run.folder}")
+
+
+def _render(out_dir: Path) -> list[dict]:
+    """Re-render the leaderboards under the results lock; name every record file that was skipped."""
+    from bench.leaderboard import render_all
+
+    r = render_all(out_dir)
+    for path, why in r.skipped:
+        console.print(f"skipped {escape(str(path))}: {escape(why)}", highlight=False, soft_wrap=True)
+    return r.tables
 
 
 def _launch_torchrun(nproc: int) -> None:
@@ -203,7 +214,9 @@ def train(
 
 @app.command()
 def sample(
-    run_dir: Annotated[Path, typer.Option("--run", help="run folder (runs/<run-id>)")],
+    run_dir: Annotated[
+        Path, typer.Option("--run", "--run-dir", help="run folder (runs/<run-id>); --run-dir under torchrun")
+    ],
     solver: Annotated[str | None, typer.Option(help="sampler; default: the run's first eval point")] = None,
     nfe: Annotated[int | None, typer.Option(help="number of function evaluations")] = None,
     label: Annotated[str | None, typer.Option(help="eval-point label (e.g. a chargen run's teacher)")] = None,
@@ -223,7 +236,9 @@ def sample(
         raise BenchError(f"NFE must be >= 1 (got {nfe})")
     if n < 1:
         raise BenchError("-n must be >= 1")
-    dev = resolve_device(device)
+    from bench import distributed
+
+    dev = resolve_device(device, distributed.init_from_env(device))
     cfg, ds, m, _ = load_run(run_dir, dev)
     pts = m.eval_points(cfg.eval.nfe if nfe is None else [nfe], [solver] if solver else cfg.eval.solvers)
     pts = [p for p in pts if (label is None or p.label == label) and (nfe is None or p.nfe in (nfe, None))]
@@ -232,6 +247,8 @@ def sample(
     pt = pts[0]
     x, used = generate(m, pt, n, first_seed, 2500, dev)
     output = output or run_dir / f"samples-{pt.solver}-{pt.nfe or 'adaptive'}.pt"
+    if not distributed.current().is_main:  # every rank drew its share of the seeds; rank 0 writes
+        return
     save_checkpoint(
         output, {"samples": x, "label": pt.label, "solver": pt.solver, "nfe": used, "first_seed": first_seed}
     )
@@ -240,7 +257,9 @@ def sample(
 
 @app.command(name="eval")
 def eval_(
-    run_dir: Annotated[Path, typer.Option("--run", help="run folder (runs/<run-id>)")],
+    run_dir: Annotated[
+        Path, typer.Option("--run", "--run-dir", help="run folder (runs/<run-id>); --run-dir under torchrun")
+    ],
     set_: SetOpt = None,
     device: DeviceOpt = "auto",
     out_dir: OutOpt = Path("results"),
@@ -268,7 +287,7 @@ def eval_(
     cfg, ds, m, state = load_run(run_dir, dev, set_)
     with _progress() as p:
         _, path = evaluate_and_record(cfg, run_dir.name, run_dir, ds, m, state, dev, out_dir, progress=p)
-    _, tables = leaderboard.render(out_dir)
+    tables = _render(out_dir)
     _print_tables(tables, cfg.dataset_name)
     console.print(f"record: {path}")
 
@@ -278,9 +297,9 @@ def leaderboard_(
     out_dir: OutOpt = Path("results"), quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False
 ) -> None:
     """Re-render results/LEADERBOARD.md and leaderboard.csv from the run records only."""
-    from bench import leaderboard
 
-    md, tables = leaderboard.render(out_dir)
+    tables = _render(out_dir)
+    md = out_dir / "LEADERBOARD.md"
     if not quiet:
         _print_tables(tables)
     console.print(f"wrote {md} and {md.with_name('leaderboard.csv')} ({sum(len(t['rows']) for t in tables)} rows)")

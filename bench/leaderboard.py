@@ -1,4 +1,7 @@
-"""Leaderboards rendered from run records only (Markdown + CSV); deterministic byte for byte."""
+"""Leaderboards rendered from run records only (Markdown + CSV); deterministic byte for byte.
+
+LEADERBOARD.md is compact (main quality metric, time, cost, seeds, device); leaderboard.csv is the wide
+table (every metric, latency, params, protocol, config hash, run ids)."""
 
 from __future__ import annotations
 
@@ -9,20 +12,34 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.checkpoint import atomic_write_text
 from bench.published import render_published
-from bench.records import load_records
-from bench.targets import render_targets
+from bench.records import LOCK_TIMEOUT_S, results_lock, scan_records, timing_load, timing_loaded
+from bench.targets import LOADED_MARK, render_targets
 
 SOLVER_ORDER = {"onestep": 0, "compose": 1, "euler": 2, "ei": 3, "heun": 4, "dopri5": 5}
 QUALITY_ORDER = ["w2", "sw2", "fid", "fd_digits", "kid", "precision", "recall"]
+MAIN_METRICS = ("w2", "fid", "fd_digits")  # the quality shown in LEADERBOARD.md (points: w2; images: FID/FD)
 _DROP_FROM_KEY = {"seed"}
+# eval fields that choose which rows are measured (or where weights live), not how: re-evaluating a run
+# at other NFEs must not move it to another config group
+_EVAL_SELECTION = {"nfe", "solvers", "metrics", "timing", "allow_download", "inception_weights", "cleanfid_weights"}
+TEACHER_MARK = "‡"
+
+
+class Rendered(NamedTuple):
+    md: Path
+    csv: Path
+    tables: list[dict]
+    skipped: list[tuple[Path, str]]  # record files not used, with a one-line reason
 
 
 def _config_key(rec: dict) -> str:
     cfg = {k: v for k, v in rec["config"].items() if k not in _DROP_FROM_KEY}
+    if isinstance(cfg.get("eval"), dict):
+        cfg["eval"] = {k: v for k, v in cfg["eval"].items() if k not in _EVAL_SELECTION}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -31,12 +48,26 @@ def _table_key(rec: dict) -> tuple:
     for row in rec.get("rows", []):
         for _name, m in sorted(row["metrics"].items()):
             p = m["protocol"]
-            proto = (p["n_gen"], p["n_ref"], p.get("reference", ""))
+            proto = json.dumps(  # rows with other extractors, weights or comparability never share a table
+                [
+                    p.get("n_gen"),
+                    p.get("n_ref"),
+                    p.get("reference", ""),
+                    p.get("extractor"),
+                    p.get("weights_sha256"),
+                    p.get("resize_mode"),
+                    p.get("not_comparable_because"),
+                ]
+            )
             break
         if proto:
             break
     data = json.dumps(rec["config"]["data"], sort_keys=True)
     return (rec["dataset"], data, proto)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def _fmt_val(vals: list[float]) -> str:
@@ -64,92 +95,14 @@ def _fmt_wall(s: float | None) -> str:
     return f"{s:.0f} s" if s < 600 else f"{s / 60:.1f} min"
 
 
-def _data_title(rec: dict) -> str:
-    d = {k: v for k, v in rec["config"]["data"].items() if k != "name"}
-    nondefault = ", ".join(f"{k}={v}" for k, v in sorted(d.items()) if v not in (0, None, ""))
-    return rec["dataset"] + (f" ({nondefault})" if nondefault else "")
-
-
-def build_tables(records: list[dict]) -> list[dict]:
-    """Group record rows into tables (one per data set + metric protocol), aggregating over seeds."""
-    tables: dict[tuple, dict] = {}
-    for rec in records:
-        if rec.get("status", "ok") != "ok" or not rec.get("rows"):
-            continue
-        key = _table_key(rec)
-        t = tables.setdefault(
-            key,
-            {
-                "title": _data_title(rec),
-                "groups": defaultdict(list),
-                "floors": [],
-                "metrics": set(),
-                "proto": {},
-                "diverged": [],
-            },
-        )
-        ckey = _config_key(rec)
-        for row in rec["rows"]:
-            t["groups"][(row["label"], row["solver"], row["nfe_requested"], ckey)].append((rec, row))
-            t["metrics"].update(row["metrics"])
-            for name, m in row["metrics"].items():
-                t["proto"].setdefault(name, m["protocol"])
-        if rec.get("reference_floor"):
-            t["floors"].append(rec["reference_floor"])
-    for rec in records:
-        if rec.get("status", "ok") != "ok":
-            for t in tables.values():
-                if t["title"] == _data_title(rec):
-                    t["diverged"].append(rec)
-    out = []
-    for key in sorted(tables, key=lambda k: (k[0], k[1], str(k[2]))):
-        t = tables[key]
-        metrics = [m for m in QUALITY_ORDER if m in t["metrics"]] + sorted(t["metrics"] - set(QUALITY_ORDER))
-        rows = []
-        for (label, solver, nfe_req, _ckey), items in t["groups"].items():
-            recs = [r for r, _ in items]
-            cells = {m: [v for _, row in items for v in row["metrics"].get(m, {}).get("values", [])] for m in metrics}
-            timing = [row.get("timing") for _, row in items if row.get("timing")]
-            nfes = [row["nfe"] for _, row in items if row.get("nfe") is not None]
-            rows.append(
-                {
-                    "method": label,
-                    "solver": solver,
-                    "nfe": (statistics.fmean(nfes) if nfes else nfe_req),
-                    "nfe_sort": nfe_req if nfe_req is not None else 10**9,
-                    "values": cells,
-                    "per_sample_s": statistics.median([x["per_sample_s"] for x in timing]) if timing else None,
-                    "ratio": statistics.median([x["ratio_to_forward"] for x in timing]) if timing else None,
-                    "latency_s": statistics.median([x["latency_s"] for x in timing]) if timing else None,
-                    "device": timing[0]["device"] if timing else "-",
-                    "batch": timing[0]["batch"] if timing else None,
-                    "params": recs[0].get("params"),
-                    "train_s": statistics.fmean([r["train"]["total_s"] for r in recs])
-                    if recs[0].get("train")
-                    else None,
-                    "seeds": len({r["seed"] for r in recs}),
-                    "runs": sorted({r["run_id"] for r in recs}),
-                    "config": _ckey,
-                }
-            )
-        rows.sort(
-            key=lambda r: (r["method"], r["config"], SOLVER_ORDER.get(r["solver"], 9), r["solver"], r["nfe_sort"])
-        )
-        floor = {m: [v for f in t["floors"] for v in f.get(m, {}).get("values", [])] for m in metrics}
-        floor_what = sorted({s.get("what", "") for f in t["floors"] for s in f.values()} - {""})
-        out.append(
-            {
-                "title": t["title"],
-                "key": key,
-                "metrics": metrics,
-                "rows": rows,
-                "floor": floor,
-                "floor_what": floor_what,
-                "proto": t["proto"],
-                "diverged": sorted(r["run_id"] for r in t["diverged"]),
-            }
-        )
-    return out
+def _fmt_count(n: float | None) -> str:
+    """Network passes, compact: 1.23G."""
+    if n is None:
+        return "-"
+    for div, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suffix}"
+    return f"{n:.0f}"
 
 
 def _fmt_nfe(n: Any) -> str:
@@ -158,162 +111,385 @@ def _fmt_nfe(n: Any) -> str:
     return str(int(n)) if float(n).is_integer() else f"{n:.1f}"
 
 
-def render_markdown(tables: list[dict]) -> str:
+def _data_title(rec: dict) -> str:
+    d = {k: v for k, v in rec["config"]["data"].items() if k != "name"}
+    nondefault = ", ".join(f"{k}={v}" for k, v in sorted(d.items()) if v not in (0, None, ""))
+    return rec["dataset"] + (f" ({nondefault})" if nondefault else "")
+
+
+def _dig(obj: Any, *keys: str) -> Any:
+    """obj[k1][k2]...; None where a level is missing or not an object."""
+    for k in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(k)
+    return obj
+
+
+def train_time(rec: dict, label: str) -> tuple[float | None, bool]:
+    """(training wall-clock a row's samples needed, whether a reused teacher's time was added from its record).
+
+    A teacher trained in the run is already in ``train.total_s``; a reused one (``extra.teacher.
+    train_wall_clock_s``) is added to a student's total; a "(teacher)" row counts the teacher alone."""
+    train = rec.get("train") or {}
+    stages = train.get("wall_clock_s") or {}
+    reused = _dig(rec, "extra", "teacher", "train_wall_clock_s")
+    if isinstance(reused, dict):
+        reused = sum(v for v in reused.values() if _is_num(v)) or None
+    reused = None if "teacher" in stages or not _is_num(reused) else reused
+    if label.endswith("(teacher)"):
+        if reused is not None:
+            return reused, True
+        own = stages.get("teacher")
+        return (own if _is_num(own) else None), False
+    total = train.get("total_s")
+    if not _is_num(total):
+        return None, False
+    return (total + reused, True) if reused is not None else (total, False)
+
+
+def _network_passes(rec: dict, row: dict) -> float | None:
+    """``train.cost.network_passes`` of the row, else of the record (teacher included by the engine)."""
+    for src in (row.get("train"), rec.get("train")):
+        cost = src.get("cost") if isinstance(src, dict) else None
+        if isinstance(cost, dict) and _is_num(cost.get("network_passes")):
+            return cost["network_passes"]
+    return None
+
+
+def _row_device(rec: dict, row: dict) -> str:
+    return (row.get("timing") or {}).get("device") or rec.get("device") or "-"
+
+
+def _newest(item: tuple[dict, dict]) -> tuple[str, str]:
+    return (item[0].get("date", ""), item[0]["run_id"])
+
+
+def build_tables(records: list[dict]) -> list[dict]:
+    """Group record rows into tables (one per data set + metric protocol), aggregating over seeds.
+
+    A row is (label, solver, NFE, config, device). Each (run, row) counts once, and so does each training
+    seed of a config: same-seed copies contribute only the newest record (PROTOCOL.md, Seeds)."""
+    tables: dict[tuple, dict] = {}
+    candidates: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    for rec in records:
+        if rec.get("status", "ok") != "ok" or not rec.get("rows"):
+            continue
+        key = _table_key(rec)
+        t = tables.setdefault(
+            key,
+            {"title": _data_title(rec), "groups": defaultdict(list), "floors": {}, "metrics": set(), "proto": {}},
+        )
+        ckey, seed = _config_key(rec), json.dumps(rec.get("seed"))
+        for row in {(r["label"], r["solver"], r["nfe_requested"]): r for r in rec["rows"]}.values():
+            candidates[(key, row["label"], row["solver"], row["nfe_requested"], ckey, seed)].append((rec, row))
+            t["metrics"].update(row["metrics"])
+            for name, m in row["metrics"].items():
+                t["proto"].setdefault(name, m["protocol"])
+        if rec.get("reference_floor"):  # floors are seeded like the evaluation: identical copies count once
+            t["floors"].setdefault(json.dumps(rec["reference_floor"], sort_keys=True), rec["reference_floor"])
+    for (key, label, solver, nfe_req, ckey, _seed), items in candidates.items():
+        items.sort(key=_newest)
+        rec, row = items[-1]
+        t = tables[key]
+        t["groups"][(label, solver, nfe_req, ckey, _row_device(rec, row))].append((rec, row, items[:-1]))
+    diverged = [r for r in records if r.get("status", "ok") != "ok"]
+    out = []
+    for key in sorted(tables, key=lambda k: (k[0], k[1], k[2] or "")):
+        t = tables[key]
+        metrics = [m for m in QUALITY_ORDER if m in t["metrics"]] + sorted(t["metrics"] - set(QUALITY_ORDER))
+        rows = [_table_row(k, sorted(items, key=_newest), metrics) for k, items in t["groups"].items()]
+        rows.sort(
+            key=lambda r: (
+                r["device"],
+                r["method"],
+                r["config"],
+                SOLVER_ORDER.get(r["solver"], 9),
+                r["solver"],
+                r["nfe_sort"],
+            )
+        )
+        floors = [t["floors"][k] for k in sorted(t["floors"])]
+        floor = {m: [v for f in floors for v in f.get(m, {}).get("values", [])] for m in metrics}
+        floor_what = sorted({s.get("what", "") for f in floors for s in f.values()} - {""})
+        labels_configs = defaultdict(set)
+        for r in rows:
+            labels_configs[r["method"]].add(r["config"])
+        out.append(
+            {
+                "title": t["title"],
+                "key": key,
+                "metrics": metrics,
+                "main": [m for m in MAIN_METRICS if m in metrics] or metrics[:1],
+                "rows": rows,
+                "floor": floor,
+                "floor_what": floor_what,
+                "proto": t["proto"],
+                "ambiguous": sorted(k for k, v in labels_configs.items() if len(v) > 1),
+                "dropped_runs": sorted({run for r in rows for run in r["dropped_runs"]}),
+                "diverged": sorted(r["run_id"] for r in diverged if _data_title(r) == t["title"]),
+            }
+        )
+    return out
+
+
+def _table_row(gkey: tuple, items: list[tuple[dict, dict, list]], metrics: list[str]) -> dict:
+    label, solver, nfe_req, ckey, device = gkey
+    recs = [r for r, _, _ in items]
+    timed = [(rec, row) for rec, row, _ in items if row.get("timing")]
+    timing = [row["timing"] for _, row in timed]
+    nfes = [row["nfe"] for _, row, _ in items if _is_num(row.get("nfe"))]
+    trains = [train_time(rec, label) for rec in recs]
+    train_s = [s for s, _ in trains if s is not None]
+    passes = [p for rec, row, _ in items if (p := _network_passes(rec, row)) is not None]
+    loads = [timing_load(rec, row) for rec, row in timed]
+    load_max = max((la for la, _ in loads if la is not None), default=None)
+    cores = [c for _, c in loads if c is not None]
+
+    def med(k: str) -> float | None:
+        vals = [x[k] for x in timing if _is_num(x.get(k))]
+        return statistics.median(vals) if vals else None
+
+    return {
+        "method": label,
+        "solver": solver,
+        "nfe": statistics.fmean(nfes) if nfes else nfe_req,
+        "nfe_sort": nfe_req if nfe_req is not None else 10**9,
+        "values": {m: [v for _, row, _ in items for v in row["metrics"].get(m, {}).get("values", [])] for m in metrics},
+        "per_sample_s": med("per_sample_s"),
+        "ratio": med("ratio_to_forward"),
+        "latency_s": med("latency_s"),
+        "device": device,
+        "batch": next((x["batch"] for x in timing if x.get("batch")), None),
+        "load_avg_max": load_max,
+        "cores": min(cores) if cores else None,
+        "loaded": any(timing_loaded(rec, row) for rec, row in timed),
+        "params": recs[0].get("params"),
+        "train_s": statistics.fmean(train_s) if train_s else None,
+        "train_teacher_added": any(added for _, added in trains),
+        "train_passes": statistics.fmean(passes) if passes else None,
+        "seeds": len({json.dumps(r.get("seed")) for r in recs}),
+        "copies_dropped": sum(len(d) for _, _, d in items),
+        "dropped_runs": sorted({r["run_id"] for _, _, d in items for r, _ in d}),
+        "runs": sorted({r["run_id"] for r in recs}),
+        "config": ckey,
+    }
+
+
+_COMPARABLE_KEYS = ("comparable", "comparable_reason", "not_comparable_because", "comparable_to")
+
+
+def _protocol_line(name: str, p: dict) -> str:
+    skip = ("sample_seed", "ref_seed", *_COMPARABLE_KEYS)
+    desc = ", ".join(f"{k}={v}" for k, v in sorted(p.items()) if k not in skip)
+    line = f"- `{name}`: {desc}"
+    if p.get("comparable") is True:
+        line += f". **Comparable** with {p.get('comparable_to', 'the stated protocol')}"
+    elif p.get("comparable") is False:
+        why = p.get("not_comparable_because") or [p.get("comparable_reason") or "reason not recorded"]
+        line += ". **Not comparable**: " + "; ".join(why)
+    return line
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def render_markdown(tables: list[dict], skipped: list[tuple[str, str]] = ()) -> str:
+    """The compact leaderboard; ``skipped`` = (record file relative to the results folder, reason)."""
     lines = [
         "# onestep-bench leaderboard",
         "",
-        "Rendered by `bench leaderboard` from `runs/**/*.json` records only; do not edit by hand.",
-        "Quality: mean ± std over all (training seed × evaluation repeat) values. Time: median per-sample",
-        "wall-clock of sampler + network at the stated batch; `× fwd` = that time over one bare forward",
-        "pass of the same run's sampling network measured in the same process (comparable across devices).",
-        "`config` = hash of the resolved config without the seed: rows with the same label but another config",
-        "(budget, K, ...) are different experiments; the record holds the full config.",
+        "Rendered by `bench leaderboard` from `runs/**/*.json` records only; do not edit by hand. Every metric,",
+        "latency, batch, params, protocol, config hash and run id of these rows: `leaderboard.csv`.",
+        "Quality: mean ± std over all (training seed × evaluation repeat) values; runs of one config with the",
+        "same seed are one measurement (the newest record counts). Time: median per-sample wall-clock of sampler",
+        "+ network; `× fwd` = that time over one bare forward pass of the same run's sampling network measured",
+        "in the same process (comparable across devices). Train: training wall-clock the row's samples needed",
+        "(mean over seeds): a student's includes its teacher's, a `(teacher)` row counts the teacher alone;",
+        "train passes: network passes over samples in training (forward 1, backward 2, teacher included).",
+        "Rows are grouped by device, then method and config (hash of the resolved config without the seed and",
+        "the eval row selection, shown after the method when one method has several).",
         "",
     ]
     for t in tables:
-        lines.append(f"## {t['title']}")
+        lines += [f"## {t['title']}", ""]
+        lines += [_protocol_line(m, t["proto"][m]) for m in t["main"]]
+        others = [m for m in t["metrics"] if m not in t["main"]]
+        if others:
+            lines.append("- other metrics in `leaderboard.csv`: " + ", ".join(f"`{m}`" for m in others))
         lines.append("")
-        for m in t["metrics"]:
-            p = t["proto"][m]
-            desc = ", ".join(f"{k}={v}" for k, v in sorted(p.items()) if k not in ("sample_seed", "ref_seed"))
-            lines.append(f"- `{m}`: {desc}")
-        lines.append("")
-        head = [
-            "method",
-            "solver",
-            "NFE",
-            *t["metrics"],
-            "time/sample",
-            "× fwd",
-            "latency (b=1)",
-            "batch",
-            "params",
-            "train",
-            "device",
-            "seeds",
-            "config",
-            "run",
-        ]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
-        if any(t["floor"].values()):
-            cells = ["*reference floor*", "-", "-", *[_fmt_val(t["floor"].get(m, [])) for m in t["metrics"]]]
-            cells += ["-"] * (len(head) - len(cells))
-            lines.append("| " + " | ".join(cells) + " |")
+        passes = any(r["train_passes"] is not None for r in t["rows"])
+        head = ["method", "solver", "NFE", *t["main"], "time/sample", "× fwd", "train"]
+        head += ["train passes"] * passes + ["seeds", "device"]
+        lines += [_md_row(head), "|" + "---|" * len(head)]
+        if any(t["floor"].get(m) for m in t["main"]):
+            cells = ["*reference floor*", "-", "-", *[_fmt_val(t["floor"].get(m, [])) for m in t["main"]]]
+            lines.append(_md_row(cells + ["-"] * (len(head) - len(cells))))
         for r in t["rows"]:
-            runs = r["runs"][0] + (f" (+{len(r['runs']) - 1})" if len(r["runs"]) > 1 else "")
+            method = r["method"] + (f" `{r['config']}`" if r["method"] in t["ambiguous"] else "")
             cells = [
-                r["method"],
+                method,
                 r["solver"],
                 _fmt_nfe(r["nfe"]),
-                *[_fmt_val(r["values"][m]) for m in t["metrics"]],
-                _fmt_time(r["per_sample_s"]),
+                *[_fmt_val(r["values"][m]) for m in t["main"]],
+                _fmt_time(r["per_sample_s"]) + (f" {LOADED_MARK}" if r["loaded"] else ""),
                 f"{r['ratio']:.1f}" if r["ratio"] is not None else "-",
-                _fmt_time(r["latency_s"]),
-                str(r["batch"] or "-"),
-                f"{r['params']:,}" if r["params"] else "-",
-                _fmt_wall(r["train_s"]),
+                _fmt_wall(r["train_s"]) + (f" {TEACHER_MARK}" if r["train_teacher_added"] else ""),
+                *([_fmt_count(r["train_passes"])] if passes else []),
+                str(r["seeds"]) + (f" (+{r['copies_dropped']} dup)" if r["copies_dropped"] else ""),
                 r["device"],
-                str(r["seeds"]),
-                f"`{r['config']}`",
-                f"`{runs}`",
             ]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(_md_row(cells))
+        notes = []
         if t["floor_what"]:
-            lines.append("")
-            lines.append("*reference floor*: " + "; ".join(t["floor_what"]) + ".")
+            notes.append("*reference floor*: " + "; ".join(t["floor_what"]) + ".")
+        if any(r["loaded"] for r in t["rows"]):
+            notes.append(
+                f"{LOADED_MARK} timed at a 1-min load average above the cores (threads) recorded with the timing: "
+                "a shared machine; re-time before quoting (`bench eval --run runs/<id> --timing-only`)."
+            )
+        if any(r["train_teacher_added"] for r in t["rows"]):
+            notes.append(
+                f"{TEACHER_MARK} includes (a `(teacher)` row: is) the training wall-clock of a teacher reused from "
+                "another run, read from its record (`extra.teacher.train_wall_clock_s`)."
+            )
+        if t["dropped_runs"]:
+            notes.append(
+                "`+k dup`: k same-seed copies of the config not counted (PROTOCOL.md, Seeds): "
+                + ", ".join(f"`{x}`" for x in t["dropped_runs"])
+                + "."
+            )
         if t["diverged"]:
-            lines.append("")
-            lines.append("Diverged runs (no rows): " + ", ".join(f"`{x}`" for x in t["diverged"]))
+            notes.append("Diverged runs (no rows): " + ", ".join(f"`{x}`" for x in t["diverged"]))
+        for n in notes:
+            lines += ["", n]
         lines.append("")
     if not tables:
-        lines.append("No run records yet: `bench run --method flow --dataset checkerboard`.")
+        lines += ["No run records yet: `bench run --method flow --dataset checkerboard`.", ""]
+    if skipped:
+        lines += ["## Skipped record files", ""]
+        lines += [f"- `{p}`: {why}" for p, why in skipped]
     return "\n".join(lines).rstrip() + "\n"
 
 
+CSV_COLUMNS = [
+    "table",
+    "method",
+    "solver",
+    "nfe",
+    "config",
+    "device",
+    "metric",
+    "mean",
+    "std",
+    "n_values",
+    "n_gen",
+    "n_ref",
+    "repeats",
+    "reference",
+    "per_sample_s",
+    "ratio_to_forward",
+    "latency_s",
+    "batch",
+    "load_avg_1min",
+    "cores",
+    "loaded",
+    "params",
+    "train_s",
+    "train_includes_reused_teacher",
+    "train_network_passes",
+    "seeds",
+    "copies_dropped",
+    "runs",
+]
+
+
 def render_csv(tables: list[dict]) -> str:
+    """The wide table: one line per (row, metric)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(
-        [
-            "table",
-            "method",
-            "solver",
-            "nfe",
-            "metric",
-            "mean",
-            "std",
-            "n_values",
-            "per_sample_s",
-            "ratio_to_forward",
-            "latency_s",
-            "batch",
-            "params",
-            "train_s",
-            "device",
-            "seeds",
-            "runs",
-        ]
-    )
+    w.writerow(CSV_COLUMNS)
     for t in tables:
-        for r in [
-            {
-                "method": "reference floor",
-                "solver": "",
-                "nfe": None,
-                "values": t["floor"],
-                "per_sample_s": None,
-                "ratio": None,
-                "latency_s": None,
-                "batch": None,
-                "params": None,
-                "train_s": None,
-                "device": "",
-                "seeds": 0,
-                "runs": [],
-            },
-            *t["rows"],
-        ]:
+        floor = {
+            "method": "reference floor",
+            "solver": "",
+            "nfe": None,
+            "config": "",
+            "device": "",
+            "values": t["floor"],
+        }
+        for r in [floor, *t["rows"]]:
             for m in t["metrics"]:
                 vals = r["values"].get(m, [])
                 if not vals:
                     continue
+                p = t["proto"].get(m, {})
                 w.writerow(
                     [
                         t["title"],
                         r["method"],
                         r["solver"],
                         _fmt_nfe(r["nfe"]),
+                        r["config"],
+                        r["device"],
                         m,
                         f"{statistics.fmean(vals):.6g}",
                         f"{statistics.stdev(vals):.6g}" if len(vals) > 1 else "0",
                         len(vals),
-                        _g(r["per_sample_s"]),
-                        _g(r["ratio"]),
-                        _g(r["latency_s"]),
-                        r["batch"] or "",
-                        r["params"] or "",
-                        _g(r["train_s"]),
-                        r["device"],
-                        r["seeds"],
-                        " ".join(r["runs"]),
+                        p.get("n_gen", ""),
+                        p.get("n_ref", ""),
+                        p.get("repeats", ""),
+                        p.get("reference", ""),
+                        _g(r.get("per_sample_s")),
+                        _g(r.get("ratio")),
+                        _g(r.get("latency_s")),
+                        r.get("batch") or "",
+                        _g(r.get("load_avg_max")),
+                        _g(r.get("cores")),
+                        {True: "yes", False: "no"}.get(r.get("loaded"), ""),
+                        r.get("params") or "",
+                        _g(r.get("train_s")),
+                        {True: "yes", False: "no"}.get(r.get("train_teacher_added"), ""),
+                        _g(r.get("train_passes")),
+                        r.get("seeds", 0),
+                        r.get("copies_dropped", 0),
+                        " ".join(r.get("runs", [])),
                     ]
                 )
     return buf.getvalue()
 
 
 def _g(x: float | None) -> str:
-    return "" if x is None else f"{x:.6g}"
+    if x is None:
+        return ""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:.6g}"
+
+
+def _relative(p: Path, root: Path) -> str:
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+def render_all(results_dir: Path, timeout: float = LOCK_TIMEOUT_S) -> Rendered:
+    """Re-render ``LEADERBOARD.md``, ``leaderboard.csv``, ``TARGETS.md`` and ``PUBLISHED.md`` in
+    ``results_dir`` from its usable records, under the results folder's lock; unusable record files are
+    skipped, named at the end of LEADERBOARD.md and returned with a one-line reason each."""
+    results_dir = Path(results_dir)
+    with results_lock(results_dir, timeout):
+        records, skipped = scan_records(results_dir)
+        tables = build_tables(records)
+        md, csv_path = results_dir / "LEADERBOARD.md", results_dir / "leaderboard.csv"
+        atomic_write_text(md, render_markdown(tables, [(_relative(p, results_dir), why) for p, why in skipped]))
+        atomic_write_text(csv_path, render_csv(tables))
+        atomic_write_text(results_dir / "PUBLISHED.md", render_published())
+        atomic_write_text(results_dir / "TARGETS.md", render_targets(records))
+    return Rendered(md, csv_path, tables, skipped)
 
 
 def render(results_dir: Path) -> tuple[Path, list[dict]]:
-    """Re-render ``LEADERBOARD.md`` and ``leaderboard.csv`` in ``results_dir`` from its records."""
-    results_dir = Path(results_dir)
-    records = load_records(results_dir)
-    tables = build_tables(records)
-    md = results_dir / "LEADERBOARD.md"
-    atomic_write_text(md, render_markdown(tables))
-    atomic_write_text(results_dir / "leaderboard.csv", render_csv(tables))
-    atomic_write_text(results_dir / "PUBLISHED.md", render_published())
-    atomic_write_text(results_dir / "TARGETS.md", render_targets(records))
-    return md, tables
+    """``render_all`` for callers that want (LEADERBOARD.md path, tables) only."""
+    r = render_all(results_dir)
+    return r.md, r.tables
