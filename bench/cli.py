@@ -355,6 +355,68 @@ def study(
 
 
 @app.command()
+def sweep(
+    grid: Annotated[Path, typer.Argument(help="YAML grid: methods, datasets, seeds, overrides, sets, smoke")],
+    executor: Annotated[str, typer.Option(help="local (this machine) or slurm (submitit)")] = "local",
+    workers: Annotated[int, typer.Option(help="local: jobs at a time (threads split between them)")] = 1,
+    partition: Annotated[str | None, typer.Option(help="slurm: partition")] = None,
+    gpus_per_node: Annotated[int | None, typer.Option(help="slurm: GPUs per job (>1 runs it with --nproc)")] = None,
+    cpus_per_task: Annotated[int | None, typer.Option(help="slurm: CPUs per job")] = None,
+    timeout_min: Annotated[int, typer.Option(help="slurm: time limit per job (minutes)")] = 240,
+    out_dir: OutOpt = Path("results"),
+    runs_dir: RunsOpt = Path("runs"),
+    plugin: PluginOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate every job and print them; run nothing")] = False,
+) -> None:
+    """Run a grid of `bench run` jobs (one normal record each), locally or on SLURM; then re-render."""
+    import itertools
+
+    from bench import sweep as sw
+    from bench.runner import resolve_config
+
+    _setup(plugin)
+    if executor not in ("local", "slurm"):
+        raise BenchError(f"--executor must be local or slurm (got {executor!r})")
+    if workers < 1:
+        raise BenchError("--workers must be >= 1")
+    g = sw.load_grid(grid)
+    jobs = sw.jobs(g, out_dir, runs_dir, plugin or [])
+    for m, d, ov, s in itertools.product(g.methods, g.datasets, g.overrides, g.seeds):
+        resolve_config(m, d, None, [*g.sets, *sw._override_sets(ov)], s, g.smoke)  # every job valid up front
+    if executor == "slurm" and (gpus_per_node or 0) > 1:
+        jobs = [[*j, "--nproc", str(gpus_per_node)] for j in jobs]
+    console.print(f"{len(jobs)} jobs ({executor})")
+    if dry_run:
+        for j in jobs:
+            out.print("bench " + " ".join(j), highlight=False, soft_wrap=True)
+        return
+    if executor == "slurm":
+        folder = Path(runs_dir) / "slurm"
+        handles = sw.submit_slurm(
+            jobs,
+            folder,
+            slurm_partition=partition,
+            gpus_per_node=gpus_per_node,
+            cpus_per_task=cpus_per_task,
+            timeout_min=timeout_min,
+        )
+        for h in handles:
+            out.print(f"submitted {h.job_id}")
+        console.print(f"logs in {folder}; when they finish: bench leaderboard --out {out_dir}")
+        return
+
+    def report(i: int, argv: list[str], code: int, tail: str) -> None:
+        state = "ok" if code == 0 else f"FAILED (exit {code})"
+        console.print(f"[{i + 1}/{len(jobs)}] {state}: bench {' '.join(argv[:5])} ...\n{escape(tail)}", highlight=False)
+
+    results = sw.run_local(jobs, workers, report)
+    _render(out_dir)
+    failed = [i for i, (c, _) in enumerate(results) if c != 0]
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(jobs)} sweep jobs failed (numbers {[i + 1 for i in failed]})")
+
+
+@app.command()
 def doctor() -> None:
     """Versions, device, and which optional weights/data are present locally."""
     import torch
