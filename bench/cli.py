@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bench.errors import BenchError
@@ -32,21 +33,92 @@ DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="registered dat
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="YAML file of config overrides")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, e.g. train.steps=2000 (repeatable)")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="training seed (config key `seed`)")]
-SmokeOpt = Annotated[bool, typer.Option("--smoke", help="tiny budget for tests/CI (< 1 min on 2 CPU cores)")]
+SmokeOpt = Annotated[
+    bool, typer.Option("--smoke", metavar="", help="flag: tiny budget for tests/CI (< 1 min on 2 CPU cores)")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto")]
 OutOpt = Annotated[Path, typer.Option("--out", help="results folder (records + leaderboard)")]
 RunsOpt = Annotated[Path, typer.Option("--runs-dir", help="folder for run artefacts (checkpoints, logs, samples)")]
 RunDirOpt = Annotated[Path, typer.Option("--run", "--run-dir", help="run folder runs/<id> (--run-dir under torchrun)")]
 PluginOpt = Annotated[list[str] | None, typer.Option("--plugin", help="import this module first (registers methods)")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="torch intra-op threads; default: $OMP_NUM_THREADS if set, else the cores this process may use",
+    ),
+]
+
+
+class PlainProgress:
+    """The part of rich's ``Progress`` API that training and evaluation use (``add_task``, ``update``), written
+    as plain lines for logs and pipes: one per task every ``every_s`` seconds or ``every_frac`` of its total,
+    and one when it ends, each with step/total, rate and ETA (the description carries stage and loss)."""
+
+    def __init__(self, console: Console, every_s: float = 10.0, every_frac: float = 0.1) -> None:
+        self.console, self.every_s, self.every_frac = console, every_s, every_frac
+        self._tasks: list[dict[str, Any]] = []
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **_: Any) -> int:
+        now = time.monotonic()
+        task = {"description": description, "total": total, "completed": completed, "start": now}
+        self._tasks.append({**task, "start_done": completed, "last_t": now, "last_done": completed, "ended": False})
+        return len(self._tasks) - 1
+
+    def update(
+        self,
+        task_id: int,
+        *,
+        total: float | None = None,
+        completed: float | None = None,
+        advance: float | None = None,
+        description: str | None = None,
+        **_: Any,
+    ) -> None:
+        t = self._tasks[task_id]
+        if total is not None:
+            t["total"] = total
+        if completed is not None:
+            t["completed"] = completed
+        if advance is not None:
+            t["completed"] += advance
+        if description is not None:
+            t["description"] = description
+        now, done, total = time.monotonic(), t["completed"], t["total"]
+        ended = total is not None and done >= total
+        due = now - t["last_t"] >= self.every_s or (total and done - t["last_done"] >= self.every_frac * total)
+        if (ended and not t["ended"]) or (due and not ended):
+            t.update(last_t=now, last_done=done, ended=ended)
+            self.console.print(self.line(t, now), highlight=False, markup=False, soft_wrap=True)
+
+    @staticmethod
+    def line(t: dict[str, Any], now: float) -> str:
+        done, total, elapsed = t["completed"], t["total"], max(now - t["start"], 1e-9)
+        rate = (done - t["start_done"]) / elapsed
+        of = f"{done:g}/{total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"
+        eta = f", ETA {_hms((total - done) / rate)}" if total and rate > 0 and done < total else ""
+        return f"{t['description']}: {of}, {rate:.3g}/s, {_hms(elapsed)} elapsed{eta}"
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 @contextmanager
 def _progress():
+    """A rich progress bar on a terminal; plain progress lines when stderr is a log, a file or a pipe."""
     from bench.distributed import current
 
     if not current().is_main:  # one progress display per job: rank 0's
         yield None
         return
+    if not console.is_terminal:
+        yield PlainProgress(console)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -56,6 +128,59 @@ def _progress():
         transient=False,
     ) as p:
         yield p
+
+
+def _print_table(tab: Table) -> None:
+    """Never cut a cell: on a terminal, long cells fold inside their column; in a log or a file the table is
+    printed at its full natural width, however wide."""
+    for col in tab.columns:
+        col.overflow = "fold"
+    if out.is_terminal:
+        out.print(tab)
+        return
+    width = out.measure(tab, options=out.options.update_width(100_000)).maximum
+    Console(file=out.file, width=max(width, out.width), no_color=out.no_color).print(tab)
+
+
+def _set_threads(threads: int | None) -> int:
+    """``--threads``: torch's intra-op threads, set before any work. Default: ``$OMP_NUM_THREADS`` when it
+    is a positive integer, else the cores this process may use (affinity), not the machine's total."""
+    import torch
+
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if env.isdigit() and int(env) >= 1:
+            threads = int(env)
+        else:
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _check_dir(path: Path, flag: str) -> None:
+    """An output folder must be a folder, or creatable as one where this user may write: checked up front,
+    before any import of the engine or any work; nothing is created here."""
+    p = Path(path)
+    try:
+        if p.exists() and not p.is_dir():
+            raise BenchError(f"{flag} {p}: exists and is not a folder")
+        base = p.absolute()
+        while not base.exists():
+            base = base.parent
+        if not base.is_dir():
+            raise BenchError(f"{flag} {p}: {base} is a file, not a folder")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise BenchError(f"{flag} {p}: {base} is not writable")
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, a loop of links ...
+        raise BenchError(f"{flag} {str(p)!r} is not a usable path: {e}") from None
+
+
+def _make_dir(path: Path, flag: str) -> None:
+    """Create an output folder once everything is validated, before the first step of work."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"{flag} {path}: cannot create the folder ({e.strerror or e})") from None
 
 
 def _setup(plugins: list[str] | None) -> None:
@@ -88,7 +213,7 @@ def _print_tables(tables: list[dict], dataset: str | None = None) -> None:
                 f"{r['ratio']:.1f}" if r["ratio"] is not None else "-",
                 escape(r["device"]),
             )
-        out.print(tab)
+        _print_table(tab)
 
 
 @app.command()
@@ -103,22 +228,53 @@ def run(
     out_dir: OutOpt = Path("results"),
     runs_dir: RunsOpt = Path("runs"),
     plugin: PluginOpt = None,
-    nproc: Annotated[int, typer.Option("--nproc", help="processes on this machine (launches torchrun); 1 = plain")] = 1,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="processes on this machine (launches torchrun); 1 = plain")
+    ] = 1,
+    threads: ThreadsOpt = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", metavar="", help="flag: resolve and check everything, print the config; train nothing"
+        ),
+    ] = False,
 ) -> None:
     """Train -> sample -> evaluate -> write a run record -> re-render the leaderboard."""
+    _check_dir(out_dir, "--out")
+    _check_dir(runs_dir, "--runs-dir")
     if nproc > 1:
         _launch_torchrun(nproc)
         return
+    _set_threads(threads)
     from bench import distributed
     from bench.engine import TrainingDiverged
-    from bench.runner import evaluate_and_record, prepare_run, resolve_config, resolve_device, train_prepared
+    from bench.runner import (
+        evaluate_and_record,
+        prepare_run,
+        resolve_config,
+        resolve_device,
+        train_prepared,
+        validate_eval,
+    )
 
     _setup(plugin)
     cfg = resolve_config(method, dataset, config, set_, seed, smoke)
     dev = resolve_device(device, distributed.init_from_env(device))
     dist = distributed.current()
     run = prepare_run(cfg, runs_dir, dev)
+    validate_eval(cfg, run.dataset.spec)  # exact-W2 cap and memory: refused before anything is allocated
+    if dry_run:
+        import yaml
+
+        if dist.is_main:
+            out.print(yaml.safe_dump(run.config_dict, sort_keys=False).rstrip(), markup=False, highlight=False)
+            console.print(
+                f"dry run: {cfg.method_name} on {cfg.dataset_name} ({dev}) checked; nothing trained or written"
+            )
+        return
     if dist.is_main:
+        _make_dir(out_dir, "--out")
+        _make_dir(runs_dir, "--runs-dir")
         console.print(
             f"[bold]{cfg.method_name}[/bold] on [bold]{cfg.dataset_name}[/bold] (seed {cfg.seed}, {dev}"
             + (f", {dist.world} processes" if dist.active else "")
@@ -138,7 +294,9 @@ def run(
         return
     tables = _render(out_dir)
     _print_tables(tables, cfg.dataset_name)
-    console.print(f"record: {path}\nleaderboard: {out_dir / 'LEADERBOARD.md'}\nrun folder: {run.folder}")
+    console.print(
+        f"record: {path}\nleaderboard: {out_dir / 'LEADERBOARD.md'}\nrun folder: {run.folder}", soft_wrap=True
+    )
 
 
 def _render(out_dir: Path) -> list[dict]:
@@ -190,16 +348,21 @@ def train(
     device: DeviceOpt = "auto",
     runs_dir: RunsOpt = Path("runs"),
     run_id: Annotated[str | None, typer.Option("--run-id")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue --run-id from its last checkpoint")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", metavar="", help="flag: continue --run-id from its last checkpoint")
+    ] = False,
     plugin: PluginOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train only; writes runs/<run-id>/{config.yaml, ckpt.pt, log.jsonl}."""
+    _check_dir(runs_dir, "--runs-dir")
+    _set_threads(threads)
     from bench import distributed
     from bench.runner import check_run_id, resolve_config, resolve_device, train_run
 
-    _setup(plugin)
     if run_id is not None:
         check_run_id(run_id)
+    _setup(plugin)
     if resume and run_id:
         wd = runs_dir / run_id
         if not (wd / "config.yaml").is_file():
@@ -207,6 +370,8 @@ def train(
         config, method, dataset = str(wd / "config.yaml"), None, None
     cfg = resolve_config(method, dataset, config, set_, seed, smoke)
     dev = resolve_device(device, distributed.init_from_env(device))
+    if distributed.current().is_main:
+        _make_dir(runs_dir, "--runs-dir")
     with _progress() as p:
         rid, workdir, *_ = train_run(cfg, runs_dir, dev, run_id=run_id, resume=resume, progress=p)
     out.print(str(workdir))
@@ -225,8 +390,14 @@ def sample(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="default: <run>/samples-*.pt")] = None,
     device: DeviceOpt = "auto",
     plugin: PluginOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Draw samples from a trained run into a .pt file (tensor under key 'samples')."""
+    if output is not None:
+        if output.is_dir():
+            raise BenchError(f"--output {output}: is a folder; name a file, e.g. {output / 'samples.pt'}")
+        _check_dir(output.parent, "--output")
+    _set_threads(threads)
     from bench.checkpoint import save_checkpoint
     from bench.runner import load_run, resolve_device
     from bench.sampling import generate
@@ -265,12 +436,15 @@ def eval_(
     out_dir: OutOpt = Path("results"),
     plugin: PluginOpt = None,
     timing_only: Annotated[
-        bool, typer.Option("--timing-only", help="re-measure only the timing of its record")
+        bool, typer.Option("--timing-only", metavar="", help="flag: re-measure only the timing of its record")
     ] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Evaluate a trained run (eval.* may be overridden with --set), write its record, re-render."""
+    _check_dir(out_dir, "--out")
+    _set_threads(threads)
     from bench import leaderboard
-    from bench.runner import evaluate_and_record, load_run, resolve_device
+    from bench.runner import evaluate_and_record, load_run, resolve_device, validate_eval
 
     _setup(plugin)
     if timing_only:
@@ -285,6 +459,8 @@ def eval_(
             raise BenchError(f"bench eval only accepts eval.* overrides (got {s!r})")
     dev = resolve_device(device)
     cfg, ds, m, state = load_run(run_dir, dev, set_)
+    validate_eval(cfg, ds.spec)
+    _make_dir(out_dir, "--out")
     with _progress() as p:
         _, path = evaluate_and_record(cfg, run_dir.name, run_dir, ds, m, state, dev, out_dir, progress=p)
     tables = _render(out_dir)
@@ -294,7 +470,7 @@ def eval_(
 
 @app.command(name="leaderboard")
 def leaderboard_(
-    out_dir: OutOpt = Path("results"), quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False
+    out_dir: OutOpt = Path("results"), quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="")] = False
 ) -> None:
     """Re-render results/LEADERBOARD.md and leaderboard.csv from the run records only."""
 
@@ -305,6 +481,18 @@ def leaderboard_(
     console.print(f"wrote {md} and {md.with_name('leaderboard.csv')} ({sum(len(t['rows']) for t in tables)} rows)")
 
 
+def describe(obj: object) -> str:
+    """One line about a registered class: the first sentence of its docstring, else of its module's."""
+    import inspect
+    import re
+
+    doc = inspect.getdoc(obj) if isinstance(obj, type) and "__doc__" in vars(obj) and obj.__doc__ else None
+    if not doc:
+        doc = inspect.getdoc(sys.modules.get(getattr(obj, "__module__", ""), None)) or ""
+    para = " ".join(doc.strip().split("\n\n")[0].split())
+    return re.split(r"(?<=[a-z0-9)\]]\.)\s+(?=[A-Z])", para, maxsplit=1)[0]
+
+
 @app.command(name="list")
 def list_(plugin: PluginOpt = None) -> None:
     """Registered methods, data sets and metrics."""
@@ -312,16 +500,16 @@ def list_(plugin: PluginOpt = None) -> None:
 
     _setup(plugin)
     for title, reg, desc in [
-        ("methods", METHODS, lambda o: (o.__doc__ or "").strip().splitlines()[0] if o.__doc__ else ""),
-        ("datasets", DATASETS, lambda o: (o.__doc__ or "").strip().splitlines()[0] if o.__doc__ else ""),
+        ("methods", METHODS, describe),
+        ("datasets", DATASETS, describe),
         ("metrics", METRICS, lambda o: "data: " + ", ".join(o.kinds)),
     ]:
         tab = Table(title=title, title_justify="left")
-        tab.add_column("name")
+        tab.add_column("name", no_wrap=True)
         tab.add_column("")
         for name, obj in reg.items():
-            tab.add_row(name, desc(obj))
-        out.print(tab)
+            tab.add_row(name, escape(desc(obj)))
+        _print_table(tab)
 
 
 @app.command()
@@ -417,8 +605,39 @@ def sweep(
 
 
 @app.command()
-def doctor() -> None:
-    """Versions, device, and which optional weights/data are present locally."""
+def doctor(
+    gpu: Annotated[bool, typer.Option("--gpu", help="GPU check: tests marked gpu + sampling timings -> JSON")] = False,
+    out_file: Annotated[Path, typer.Option("--out-file", help="where --gpu writes its table")] = Path(
+        "results/bench/device_check.json"
+    ),
+    budget_s: Annotated[float, typer.Option(help="--gpu: seconds after which compiled configs are skipped")] = 360.0,
+) -> None:
+    """Versions, device, and which optional weights/data are present locally (--gpu: the GPU check)."""
+    if gpu:
+        from bench.device_check import device_check
+
+        res = device_check(out_file, budget_s)
+        tab = Table(title=f"GPU check: {res['device']} (torch {res['torch']})", title_justify="left")
+        for c in ["preset", "dtype", "compile", "method", "NFE", "batch", "per sample", "samples/s", "vs fwd"]:
+            tab.add_column(c)
+        for r in res["sampling"]:
+            if "skipped" in r:
+                tab.add_row(r["preset"], r["dtype"], "yes", "-", "-", "-", f"skipped ({r['skipped']})", "", "")
+                continue
+            tab.add_row(
+                r["preset"],
+                r["dtype"],
+                "yes" if r["compile"] else "no",
+                r["method"],
+                str(r["nfe"]),
+                str(r["batch"]),
+                f"{r['per_sample_s'] * 1e6:.2f} us",
+                f"{r['samples_per_s']:.0f}",
+                f"{r['throughput_vs_forward']:.2f}",
+            )
+        out.print(tab)
+        console.print(f"gpu tests: {res['gpu_tests']['summary']}\nwrote {out_file}")
+        return
     import torch
 
     from bench.records import package_versions
@@ -453,16 +672,26 @@ def report(out_dir: OutOpt = Path("results")) -> None:
     out.print(str(render_page(out_dir)))
 
 
+def _error(msg: str) -> None:
+    console.print(f"[red]error:[/red] {escape(' '.join(msg.split()))}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2 (usage errors too, via Typer)."""
+    """Console entry point: user errors (bad names, keys, values, paths, usage) print one line and exit 2."""
     try:
-        app()
+        code = app(standalone_mode=False) if len(sys.argv) > 1 else app()
     except BenchError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        _error(str(e))
         sys.exit(2)
-    except KeyboardInterrupt:
+    except typer.TyperException as e:  # click's usage errors (unknown option, bad int, ...), one line here too
+        usage = getattr(getattr(e, "ctx", None), "command_path", None)
+        _error(e.format_message() + (f" (see `{usage} --help`)" if usage else ""))  # type: ignore[attr-defined]
+        sys.exit(getattr(e, "exit_code", 2))
+    except (KeyboardInterrupt, typer.Abort):
         console.print("interrupted")
         sys.exit(130)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@ median with the spread of the timed blocks, and the conditions (threads, load) r
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.utils import benchmark
+
+# torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on CPU-only machines: not ours to show
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
 
 WARMUP = 2  # untimed calls before each measurement (compilation, allocator and cache warm-up)
 
