@@ -1,0 +1,68 @@
+"""The engine contract: Batch randomness, fused EMA, pass counting, precision options in the record."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from bench.methods.base import Batch, ema_update, step_seed
+from torch import nn
+
+
+def test_batch_slices_reproduce_the_global_draw():
+    """Two processes holding rows 0:3 and 3:8 of a step draw exactly the 1-process numbers for their rows."""
+    x = torch.arange(16.0).reshape(8, 2)
+    seed = step_seed(0, 1, 0, 0, 5)
+    whole = Batch(x, 8, 0, 8, seed, torch.device("cpu"), 5)
+    parts = [Batch(x, 8, lo, hi, seed, torch.device("cpu"), 5) for lo, hi in ((0, 3), (3, 8))]
+    for draw in (lambda b: b.rand(), lambda b: b.randn(3), lambda b: b.randint(0, 100, 2)):  # in sequence
+        assert torch.equal(torch.cat([draw(p) for p in parts]), draw(whole))
+    assert torch.equal(torch.cat([p.x for p in parts]), whole.x)
+    assert step_seed(0, 1, 0, 0, 5) != step_seed(0, 1, 0, 0, 6) != step_seed(1, 1, 0, 0, 6)
+
+
+def test_fused_ema_equals_per_parameter_lerp():
+    torch.manual_seed(0)
+    online = [nn.Linear(3, 4), nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2))]
+    emas = [copy.deepcopy(m) for m in online]
+    ref = [copy.deepcopy(m) for m in online]
+    for m in online:
+        for p in m.parameters():
+            p.data.add_(torch.randn_like(p))
+        m(torch.randn(5, 3)) if isinstance(m, nn.Linear) else m.train()(torch.randn(5, 4))
+    ema_update(list(zip(emas, online, strict=True)), 0.9)
+    for e, r, o in zip(emas, ref, online, strict=True):
+        for pe, pr, po in zip(e.parameters(), r.parameters(), o.parameters(), strict=True):
+            assert torch.allclose(pe, 0.9 * pr + 0.1 * po, atol=1e-7)
+        for be, bo in zip(e.buffers(), o.buffers(), strict=True):
+            assert torch.equal(be, bo)
+
+
+def test_passes_counted_and_precision_recorded(bench_cli):
+    sets = ["--set", "train.steps=20", "--set", "train.batch_size=32", "--set", "train.precision=bf16"]
+    sets += ["--set", "eval.precision=bf16", "--set", "eval.nfe=[1,4]", "--set", "eval.solvers=[euler]"]
+    code, _, err = bench_cli("run", "--method", "flow", "--dataset", "moons", "--smoke", "--device", "cpu", *sets)
+    assert code == 0, err
+    (rec,) = bench_cli.records()
+    cost = rec["train"]["cost"]
+    assert cost["network_passes"] == 20 * 32 * 3  # one forward with a graph (1) and its backward (2) per sample
+    assert cost["complete"] and cost["total_wall_clock_s"] > 0
+    assert rec["config"]["train"]["precision"] == "bf16"
+    for row in rec["rows"]:
+        tm = row["timing"]
+        assert tm["dtype"] == "bfloat16" and tm["compile"] is False and tm["threads"] >= 1
+        assert tm["timer"].startswith("torch.utils.benchmark") and tm["blocks"] >= 1 and "load_avg_1min" in tm
+
+
+def test_chargen_carries_its_reused_teachers_cost(bench_cli):
+    code, _, err = bench_cli("train", "--method", "flow", "--dataset", "moons", "--smoke", "--run-id", "teach")
+    assert code == 0, err
+    sets = ["--set", f"method.teacher.run={bench_cli.runs / 'teach'}", "--set", "eval.nfe=[1]"]
+    code, _, err = bench_cli("run", "--method", "chargen", "--dataset", "moons", "--smoke", *sets)
+    assert code == 0, err
+    (rec,) = bench_cli.records()
+    cost = rec["train"]["cost"]
+    teacher_passes = 150 * 256 * 3  # the --smoke teacher: 150 steps at batch 256
+    assert cost["reused"]["network_passes"] == teacher_passes
+    assert cost["network_passes"] == teacher_passes + sum(cost["network_passes_by_stage"].values())
+    assert "reused: teacher" in cost["wall_clock_s"] and cost["complete"]
