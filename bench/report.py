@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.checkpoint import atomic_write_bytes
-from bench.leaderboard import build_tables
-from bench.records import load_records
+from bench.leaderboard import build_tables, train_time
+from bench.records import scan_records
 
 QUALITY_METRICS = ("w2", "fid", "fd_digits")  # lower is better; the first present is a table's quality axis
 METRIC_NAMES = {"w2": "W2", "fid": "FID", "fd_digits": "FD_digits"}
@@ -58,31 +58,10 @@ class ReportPlan:
     skipped: list[tuple[str, str]]  # (table title, what was not drawn and why)
 
 
-def teacher_cost_s(rec: dict) -> float | None:
-    """Training wall-clock of a teacher reused from another run (``extra.teacher.train_wall_clock_s``)."""
-    t = ((rec.get("extra") or {}).get("teacher") or {}).get("train_wall_clock_s")
-    if isinstance(t, dict):
-        return float(sum(t.values())) if t else None
-    return None if t is None else float(t)
-
-
 def training_cost_s(rec: dict, label: str) -> tuple[float | None, bool]:
-    """Seconds of training a row's samples needed, and whether a reused teacher's cost is included.
-
-    A student's row adds its reused teacher's cost to its own; a "(teacher)" row counts the teacher alone.
-    """
-    train = rec.get("train") or {}
-    in_run = "teacher" in (train.get("wall_clock_s") or {})  # teacher trained in this run: already in total_s
-    reused = None if in_run else teacher_cost_s(rec)
-    if label.endswith("(teacher)"):
-        if reused is not None:
-            return reused, True
-        own = (train.get("wall_clock_s") or {}).get("teacher")
-        return (None if own is None else float(own)), False
-    total = train.get("total_s")
-    if total is None:
-        return None, False
-    return (float(total) + reused, True) if reused is not None else (float(total), False)
+    """Seconds of training a row's samples needed, and whether a reused teacher's cost is included
+    (the leaderboard's own rule, :func:`bench.leaderboard.train_time`)."""
+    return train_time(rec, label)
 
 
 def quality_metric(table: dict) -> str | None:
@@ -458,7 +437,7 @@ def _table_figures(t: dict, base: str, by_id: dict[str, dict], results_dir: Path
 def plan_report(results_dir: Path) -> ReportPlan:
     """Which figures the records allow, with their file names; draws nothing."""
     results_dir = Path(results_dir)
-    records = load_records(results_dir)
+    records, bad = scan_records(results_dir)
     by_id = {r["run_id"]: r for r in records}
     tables = build_tables(records)
     for t in tables:
@@ -476,6 +455,7 @@ def plan_report(results_dir: Path) -> ReportPlan:
         figs, skipped = _table_figures(t, f"figures/{_slug(ds)}/{stem}", by_id, results_dir)
         plan.figures += figs
         plan.skipped += [(t["title"], s) for s in skipped]
+    plan.skipped += [("records", f"{p}: {why}") for p, why in bad]
     return plan
 
 
