@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.methods.base import Batch, Method, Stage, Update, ema_update, step_seed
@@ -86,6 +86,20 @@ class PassCounter:
     def close(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+def _trim_log(path: Path, stage_names: list[str], state: TrainState) -> None:
+    """Keep the log lines up to the checkpoint being resumed (stage < state.stage, or its step <= state.step)."""
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            si = stage_names.index(rec["stage"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by the kill, or from a config that no longer exists
+        if si < state.stage or (si == state.stage and rec.get("step", 0) <= state.step):
+            keep.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 def _resolve(method: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -190,7 +204,10 @@ def train(
     amp_dtype = PRECISIONS[tc.precision]
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=tc.precision != "fp32")
     counter = PassCounter(method)
-    log_f = open(workdir / "log.jsonl", "a") if dist.is_main else None  # noqa: SIM115 - closed in finally
+    log_path = workdir / "log.jsonl"
+    if dist.is_main and resume and log_path.exists():  # drop what the killed attempt logged past its checkpoint
+        _trim_log(log_path, [s.name for s in stages], state)
+    log_f = open(log_path, "a" if resume else "w") if dist.is_main else None  # noqa: SIM115 - closed in finally
 
     def checkpoint() -> None:
         if dist.is_main:

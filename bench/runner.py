@@ -58,6 +58,8 @@ def load_plugins(modules: list[str]) -> None:
             importlib.import_module(mod)
         except ImportError as e:
             raise BenchError(f"cannot import plugin module {mod!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a broken plugin is the user's input: one line, not a traceback
+            raise BenchError(f"plugin module {mod!r} failed to import: {type(e).__name__}: {e}") from None
 
 
 def resolve_device(name: str, dist: Dist | None = None) -> torch.device:
@@ -104,17 +106,68 @@ def resolve_config(
     return cfg
 
 
-def validate_eval(cfg: RunConfig) -> None:
+def validate_eval(cfg: RunConfig, spec: Any = None) -> None:
+    """Ranges of the train and eval settings; given the data ``spec`` (known once the data set is built) also
+    what evaluation would allocate: exact W2's cap per side and the memory, refused before any work."""
     ev = cfg.eval
     if any(n < 1 for n in ev.nfe):
         raise BenchError(f"eval.nfe values must be >= 1 (got {ev.nfe})")
     if ev.n_gen < 2 or ev.n_ref < 2 or ev.repeats < 1:
         raise BenchError("eval.n_gen and eval.n_ref must be >= 2 and eval.repeats >= 1")
+    if ev.timing_repeats < 1 or ev.timing_min_s <= 0 or ev.timing_batch < 0 or ev.sliced_projections < 1:
+        raise BenchError("eval: need timing_repeats >= 1, timing_min_s > 0, timing_batch >= 0, sliced_projections >= 1")
+    if ev.n_ref_images < 0 or ev.n_ref_images == 1 or ev.exact_w2_max_dim < 0:
+        raise BenchError("eval: need n_ref_images = 0 (whole split) or >= 2, and exact_w2_max_dim >= 0")
+    top = 2**63 - 1  # torch seeds are 64-bit; sample i of repeat r uses sample_seed + r * n_gen + i
+    for key, first, span in [
+        ("seed", cfg.seed, 0),
+        ("eval.sample_seed", ev.sample_seed, ev.repeats * ev.n_gen),
+        ("eval.ref_seed", ev.ref_seed, 500_000 + ev.repeats),  # + r, and + 500,000 + r for the floor
+    ]:
+        if not 0 <= first <= top - span:
+            raise BenchError(f"{key} must be in [0, {top - span}] (got {first})")
     tc = cfg.train
     if tc.steps < 0 or tc.batch_size < 1 or tc.lr <= 0 or not (0 <= tc.ema_decay < 1) or tc.grad_clip < 0:
         raise BenchError("train: need steps >= 0, batch_size >= 1, lr > 0, 0 <= ema_decay < 1, grad_clip >= 0")
     if tc.log_every < 1 or tc.ckpt_every < 0 or tc.warmup_steps < 0:
         raise BenchError("train: need log_every >= 1, ckpt_every >= 0, warmup_steps >= 0")
+    if spec is None:
+        return
+    from bench.config import eval_memory_bytes
+    from bench.metrics.registry import applicable_metrics
+    from bench.metrics.w2 import EXACT_MAX_N, solver_workers
+
+    names = {m.name for m in applicable_metrics(spec, ev)} if spec.kind == "points" else set()
+    exact = "w2" in names
+    need = eval_memory_bytes(ev, tuple(spec.shape), spec.kind, names, solver_workers(ev.repeats))
+    shape = "x".join(map(str, spec.shape))
+    what = (
+        f"eval.n_gen={ev.n_gen}, n_ref={ev.n_ref}, repeats={ev.repeats}, timing_batch={ev.timing_batch}, "
+        f"sliced_projections={ev.sliced_projections} on {shape} {spec.kind}" + (", exact W2" if exact else "")
+    )
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
+    except OSError:  # not Linux: no memory check
+        pass
+    if avail is not None and need > avail:
+        raise BenchError(
+            f"evaluation would need about {need / 2**30:.3g} GiB ({what}) but {avail / 2**30:.3g} GiB is available "
+            "(MemAvailable); lower these settings"
+        )
+    batch = 4 * spec.dim * tc.batch_size
+    if avail is not None and batch > avail:
+        raise BenchError(
+            f"one training batch (train.batch_size={tc.batch_size} of {shape} {spec.kind}) would need about "
+            f"{batch / 2**30:.3g} GiB but {avail / 2**30:.3g} GiB is available (MemAvailable)"
+        )
+    if exact and max(ev.n_gen, ev.n_ref) > EXACT_MAX_N:
+        raise BenchError(
+            f"exact W2 (POT emd2) is limited to {EXACT_MAX_N} samples per side (PROTOCOL.md; it would need about "
+            f"{need / 2**30:.3g} GiB with {what}): lower eval.n_gen / eval.n_ref or leave w2 out "
+            "(e.g. --set 'eval.metrics=[sw2]')"
+        )
 
 
 def new_run_id(cfg: RunConfig) -> str:
@@ -327,17 +380,17 @@ def training_cost(state, prior: dict, device: str) -> dict:
 
 def retime_run(workdir: Path, results_dir: Path, device: torch.device) -> Path:
     """Re-measure only the timing of a finished run's record (e.g. on a quiet machine); metrics untouched."""
-    import json
-
     from bench.evaluate import time_points
     from bench.methods.base import EvalPoint
-    from bench.records import record_path
+    from bench.records import _read_record, record_path
 
     cfg, _, method, _ = load_run(workdir, device)
     path = record_path(results_dir, cfg.dataset_name, Path(workdir).name)
     if not path.is_file():
         raise BenchError(f"no record for run {Path(workdir).name} in {results_dir}")
-    rec = json.loads(path.read_text())
+    rec, why = _read_record(path)
+    if why is not None:
+        raise BenchError(f"cannot re-time {path}: {why}")
     points = [EvalPoint(r["label"], r["solver"], r["nfe_requested"]) for r in rec["rows"]]
     ref, timings = time_points(method, points, cfg.eval, device)
     for row, tm in zip(rec["rows"], timings, strict=True):
