@@ -263,6 +263,7 @@ def run(
     dist = distributed.current()
     run = prepare_run(cfg, runs_dir, dev)
     validate_eval(cfg, run.dataset.spec)  # exact-W2 cap and memory: refused before anything is allocated
+    run.method.eval_points(cfg.eval.nfe, cfg.eval.solvers)  # unknown solvers fail now, not after training
     if dry_run:
         import yaml
 
@@ -374,7 +375,7 @@ def train(
         _make_dir(runs_dir, "--runs-dir")
     with _progress() as p:
         rid, workdir, *_ = train_run(cfg, runs_dir, dev, run_id=run_id, resume=resume, progress=p)
-    out.print(str(workdir))
+    out.print(str(workdir), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -460,6 +461,7 @@ def eval_(
     dev = resolve_device(device)
     cfg, ds, m, state = load_run(run_dir, dev, set_)
     validate_eval(cfg, ds.spec)
+    m.eval_points(cfg.eval.nfe, cfg.eval.solvers)
     _make_dir(out_dir, "--out")
     with _progress() as p:
         _, path = evaluate_and_record(cfg, run_dir.name, run_dir, ds, m, state, dev, out_dir, progress=p)
@@ -490,7 +492,7 @@ def describe(obj: object) -> str:
     if not doc:
         doc = inspect.getdoc(sys.modules.get(getattr(obj, "__module__", ""), None)) or ""
     para = " ".join(doc.strip().split("\n\n")[0].split())
-    return re.split(r"(?<=[a-z0-9)\]]\.)\s+(?=[A-Z])", para, maxsplit=1)[0]
+    return re.split(r"(?<!\bal\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)(?<=\S\.)\s+(?=[A-Z])", para, maxsplit=1)[0]
 
 
 @app.command(name="list")
@@ -554,7 +556,9 @@ def sweep(
     out_dir: OutOpt = Path("results"),
     runs_dir: RunsOpt = Path("runs"),
     plugin: PluginOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate every job and print them; run nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", metavar="", help="flag: validate every job and print them; run nothing")
+    ] = False,
 ) -> None:
     """Run a grid of `bench run` jobs (one normal record each), locally or on SLURM; then re-render."""
     import itertools
@@ -606,7 +610,9 @@ def sweep(
 
 @app.command()
 def doctor(
-    gpu: Annotated[bool, typer.Option("--gpu", help="GPU check: tests marked gpu + sampling timings -> JSON")] = False,
+    gpu: Annotated[
+        bool, typer.Option("--gpu", metavar="", help="flag: GPU check: tests marked gpu + sampling timings -> JSON")
+    ] = False,
     out_file: Annotated[Path, typer.Option("--out-file", help="where --gpu writes its table")] = Path(
         "results/bench/device_check.json"
     ),
@@ -635,7 +641,7 @@ def doctor(
                 f"{r['samples_per_s']:.0f}",
                 f"{r['throughput_vs_forward']:.2f}",
             )
-        out.print(tab)
+        _print_table(tab)
         console.print(f"gpu tests: {res['gpu_tests']['summary']}\nwrote {out_file}")
         return
     import torch
@@ -656,7 +662,7 @@ def doctor(
 
     for k, v in asset_report():
         tab.add_row(k, v)
-    out.print(tab)
+    _print_table(tab)
 
 
 @app.command()

@@ -5,7 +5,9 @@ Unknown keys and ill-typed values are errors that name the key and the allowed k
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -42,7 +44,7 @@ class EvalConfig:
     # (recorded as not comparable)
     n_ref_images: int = 0
     repeats: int = 3  # independent (generated, reference) seed pairs; tables show mean +- std
-    nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    nfe: list[int] = field(default_factory=list)  # empty = the method's defaults (flow: 1, 2, 4, ..., 128)
     solvers: list[str] = field(default_factory=list)  # empty = the method's defaults
     metrics: list[str] = field(default_factory=list)  # empty = every registered metric that applies to the data
     sample_seed: int = 1_000_000  # sample i of repeat r uses seed sample_seed + r * n_gen + i
@@ -61,6 +63,22 @@ class EvalConfig:
     cleanfid_weights: str = ""  # clean-fid TorchScript inception-2015-12-05.pt (fid_cleanfid / fid_clean)
     allow_download: bool = False  # fetch missing metric weights when online (or BENCH_ALLOW_DOWNLOAD=1)
     exact_w2_max_dim: int = 64  # exact W2 up to this dimension; sliced W2 is always reported too
+
+
+def eval_memory_bytes(ev: EvalConfig, shape: tuple[int, ...], kind: str, metrics: set[str], solves: int = 1) -> int:
+    """Bytes an evaluation holds at its peak, estimated before anything is allocated: one float32 set of
+    ``n_gen`` generated samples (on points data also the ``repeats`` reference sets of ``n_ref``) and the
+    timing batch; for exact ``w2`` the float64 copies of both sides and ``solves`` concurrent n_gen x n_ref
+    float64 cost matrices; for sliced ``sw2`` both sides projected on ``sliced_projections`` directions."""
+    dim = math.prod(shape)
+    need = 4 * dim * (ev.n_gen + (ev.repeats * ev.n_ref if kind == "points" else 0))
+    if ev.timing:
+        need += 2 * 4 * dim * ev.timing_batch  # pre-drawn noise and the output
+    if "w2" in metrics:
+        need += 8 * dim * (ev.n_gen + ev.n_ref) + 8 * ev.n_gen * ev.n_ref * max(1, solves)
+    if "sw2" in metrics:
+        need += 8 * (ev.n_gen + ev.n_ref + dim) * ev.sliced_projections
+    return need
 
 
 @dataclass
@@ -131,14 +149,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise BenchError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
             try:
-                return float(value)
-            except ValueError:
-                pass
-        raise BenchError(f"config key '{key}': expected a number, got {value!r}")
+                number = float(value)
+            except OverflowError:  # an int beyond the float range
+                number = math.inf
+        elif isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise BenchError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(number):  # NaN passes every comparison check downstream (nan <= 0 is False)
+            raise BenchError(f"config key '{key}': expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -151,7 +175,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls) if f.init}
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(str(k) for k in set(data) - set(known))
     if unknown:
         raise BenchError(
             f"unknown config key '{prefix}{unknown[0]}'; allowed keys under "
@@ -200,7 +224,7 @@ def parse_sets(items: list[str]) -> dict:
             raise BenchError(f"--set expects key=value, got {item!r}")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: a date like 2001-13-01, an int of 5,000 digits
             value = raw
         node = out
         for p in parts[:-1]:
@@ -217,10 +241,14 @@ def load_yaml(path: str | Path) -> dict:
         raise BenchError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text())
+    except (UnicodeDecodeError, OSError) as e:
+        raise BenchError(f"config file {p} cannot be read as text: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise BenchError(f"malformed YAML in {p}{where}: {getattr(e, 'problem', e)}") from None
+    except ValueError as e:  # a scalar YAML resolves but cannot build: a date like 2001-13-01, a 5,000-digit int
+        raise BenchError(f"malformed YAML in {p}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -234,9 +262,12 @@ def build_run_config(raw: dict) -> RunConfig:
 
     raw = dict(raw)
     allowed = ["method", "data", "train", "eval", "seed"]
-    unknown = sorted(set(raw) - set(allowed))
+    unknown = sorted(str(k) for k in set(raw) - set(allowed))
     if unknown:
         raise BenchError(f"unknown config key '{unknown[0]}'; allowed top-level keys: {', '.join(allowed)}")
+    for sec in ("method", "data"):
+        if not isinstance(raw.get(sec) or {}, dict):
+            raise BenchError(f"config key '{sec}': expected a mapping, got {raw[sec]!r}")
     msec = dict(raw.get("method") or {})
     dsec = dict(raw.get("data") or {})
     if "name" not in msec:

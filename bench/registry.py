@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -16,6 +17,16 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._pending: list[str] = []  # modules that register entries, imported on the first lookup
+
+    def load_from(self, *modules: str) -> None:
+        """Import ``modules`` (which register entries here) only when the registry is first read, so that
+        importing the package that declares them stays cheap (metrics pull in scipy and POT)."""
+        self._pending.extend(modules)
+
+    def _load(self) -> None:
+        while self._pending:
+            importlib.import_module(self._pending.pop(0))
 
     def register(self, name: str, obj: T | None = None, *, replace: bool = False):
         """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""
@@ -31,21 +42,27 @@ class Registry(Generic[T]):
         return add(obj) if obj is not None else add
 
     def get(self, name: str) -> T:
+        if name not in self._items:
+            self._load()
         try:
             return self._items[name]
         except KeyError:
             raise BenchError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}") from None
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+        return iter(self.names())
 
     def items(self) -> list[tuple[str, T]]:
+        self._load()
         return sorted(self._items.items())
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
 

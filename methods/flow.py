@@ -96,6 +96,8 @@ class VelocityModel:
 
 @register_method("flow")
 class Flow(Method):
+    """Flow matching / rectified flow (I-CFM, OT-CFM): the multi-step baseline and chargen's teacher."""
+
     Config = FlowConfig
     kinds = ("points", "image")
 
@@ -156,7 +158,12 @@ class Flow(Method):
         return lambda x: v(torch.tensor(0.5, device=x.device), x)
 
 
+DEFAULT_NFE = [1, 2, 4, 8, 16, 32, 64, 128]  # a flow's rows when eval.nfe is empty (BASELINES.md)
+
+
 def flow_eval_points(label: str, nfes: list[int], solver_names: list[str]) -> list[EvalPoint]:
+    """Rows of a flow: every fixed-step solver at each NFE (empty = DEFAULT_NFE), adaptive solvers once."""
+    nfes = nfes or DEFAULT_NFE
     pts = []
     for s in solver_names:
         solvers.get_solver(s)

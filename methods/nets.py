@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from bench.errors import BenchError
+
 
 class FourierTime(nn.Module):
     """Fixed sinusoidal features of a time in [0, 1], followed by a learned 2-layer embedding."""
@@ -77,6 +79,10 @@ class NetConfig:
     hidden: int = 256  # MLP width (points)
     depth: int = 3  # MLP hidden layers (points)
     unet: str = "auto"  # U-Net preset for images: auto (tiny up to 16 px, else small), tiny, small, mnist, cifar10
+
+    def validate(self) -> None:
+        if self.hidden < 1 or self.depth < 0:
+            raise BenchError("method.net: need hidden >= 1 and depth >= 0")
 
 
 def build_net(spec, cfg: NetConfig, n_times: int = 1) -> nn.Module:

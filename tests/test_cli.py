@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,13 +12,21 @@ from bench import leaderboard
 
 
 def test_smoke_run_writes_record_and_leaderboard(bench_cli):
-    code, out, err = bench_cli("run", "--method", "flow", "--dataset", "8gaussians", "--smoke")
+    code, out, err = bench_cli("run", "--method", "flow", "--dataset", "8gaussians", "--smoke", "--threads", "1")
     assert code == 0, err
+    # stderr is not a terminal here (a CI log): plain progress lines, the last of each task at 100%
+    assert re.search(r"^train loss \S+: 150/150 \(100%\), [\d.]+/s, \d+:\d\d:\d\d elapsed$", err, re.M), err
+    assert re.search(r"^train loss \S+: 50/150 \(33%\), .* ETA \d+:\d\d:\d\d$", err, re.M), err
+    assert re.search(r"^evaluate flow\[icfm\] \S+: 8/8 \(100%\)", err, re.M), err
+    # the final table is printed whole, at its natural width, never cut to 80 columns
+    assert "…" not in out and "flow[icfm]" in out and "reference floor" in out
+    assert max(len(line) for line in out.splitlines()) > 80
     (rec,) = bench_cli.records()
     assert rec["status"] == "ok" and rec["method"] == "flow" and rec["dataset"] == "8gaussians"
     nfes = {(r["solver"], r["nfe_requested"]) for r in rec["rows"]}
     assert {("euler", 1), ("euler", 4), ("heun", 4), ("dopri5", None)} <= nfes
     row = rec["rows"][0]
+    assert all(r["timing"]["threads"] == 1 for r in rec["rows"])  # --threads, set before any work
     assert {"w2", "sw2"} <= set(row["metrics"])
     w2 = row["metrics"]["w2"]
     assert len(w2["values"]) == 2 and w2["protocol"]["n_gen"] == 400 and "emd2" in w2["protocol"]["solver"]
@@ -69,16 +78,122 @@ def test_leaderboard_rerender_is_byte_identical(bench_cli):
         (["run", "--method", "flow", "--set", "method.coupling=x"], "one of"),
         (["run", "--method", "flow", "--device", "tpu"], "unknown device"),
         (["eval", "--run", "/nonexistent/run"], "not a run folder"),
+        # hostile values (issue 11): refused before any work, one line each
+        (["run", "--method", "flow", "--set", "train.lr=nan"], "'train.lr': expected a finite number"),
+        (["run", "--method", "flow", "--set", "train.grad_clip=.inf"], "'train.grad_clip': expected a finite number"),
+        (["run", "--method", "flow", "--set", "method.t_eps0=-.inf"], "'method.t_eps0': expected a finite number"),
+        (
+            ["run", "--method", "flow", "--dataset", "moons", "--set", "eval.n_gen=100000000"],
+            r"need about [\d.e+]+ GiB",
+        ),
+        (["run", "--method", "flow", "--dataset", "moons", "--set", "eval.n_gen=20000"], "limited to 10000 samples"),
+        (["run", "--method", "flow", "--set", "train.batch_size=100000000000"], "one training batch"),
+        (["run", "--method", "flow", "--set", "eval.solvers=[rk99]"], "unknown solver 'rk99'"),
+        (["run", "--method", "flow", "--seed", "-1"], r"seed must be in \[0, "),
+        (
+            ["run", "--method", "chargen", "--set", "method.teacher.run=../../../etc"],
+            "teacher run '../../../etc' not found",
+        ),
+        (
+            ["run", "--method", "chargen", "--set", "method.teacher.run=no-such-run"],
+            "teacher run 'no-such-run' not found",
+        ),
+        (["run", "--plugin", "json.decoder.nope"], "cannot import plugin module"),
+        # usage errors: one line too, not Typer's box
+        (["run", "--bogus"], "No such option: --bogus"),
+        (["run", "--seed", "abc"], "Invalid value for '--seed'"),
+        (["run", "--threads", "0"], "Invalid value for '--threads'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(bench_cli, args, msg):
-    import re
-
+    before = _tree(bench_cli.tmp)
     code, out, err = bench_cli(*args)
     assert code == 2
     assert re.search(msg, err), err
-    assert "Traceback" not in err
-    assert not bench_cli.results.exists() or not list(bench_cli.results.glob("runs/**/*.json"))
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert _tree(bench_cli.tmp) == before  # nothing written: no results/, no runs/
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_output_folders_are_checked_before_any_work(bench_cli, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["run", "--out", str(a_file)], "--out .*exists and is not a folder"),
+        (["run", "--runs-dir", str(a_file)], "--runs-dir .*exists and is not a folder"),
+        (["run", "--runs-dir", str(a_file / "sub")], "--runs-dir .*is a file, not a folder"),
+        (["train", "--runs-dir", str(a_file)], "--runs-dir .*exists and is not a folder"),
+        (["eval", "--run", str(tmp_path), "--out", str(a_file / "r")], "--out .*is a file, not a folder"),
+        (["sample", "--run", str(tmp_path), "-o", str(tmp_path)], "--output .*is a folder"),
+        (["run", "--out", "bad\0name"], "'--out'.*null byte"),
+    ]
+    if os.geteuid() != 0:  # root may write anywhere: the permission check is only testable as a user
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        cases.append((["run", "--out", str(ro / "results")], "--out .*is not writable"))
+    before = _tree(tmp_path)
+    for args, msg in cases:
+        code, _, err = bench_cli(*args, dirs=False)
+        assert code == 2 and re.search(msg, err) and len(err.strip().splitlines()) == 1, (args, err)
+    assert _tree(tmp_path) == before
+
+
+def test_run_id_with_path_traversal_creates_nothing(bench_cli, tmp_path):
+    before = _tree(tmp_path.parent)
+    for rid in ["../../escape", "../x", "/abs", ".hidden", "a/b"]:
+        code, _, err = bench_cli("train", "--method", "flow", "--dataset", "moons", "--smoke", "--run-id", rid)
+        assert code == 2 and "invalid run id" in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(tmp_path.parent) == before
+
+
+def test_dry_run_resolves_checks_and_writes_nothing(bench_cli, tmp_path, monkeypatch):
+    import torch
+    import yaml
+
+    from bench.config import build_run_config, run_config_dict
+
+    before = _tree(tmp_path)
+    args = ["run", "--dry-run", "--method", "chargen", "--dataset", "moons", "--smoke", "--set", "method.euler_steps=7"]
+    code, out, err = bench_cli(*args, "--threads", "3")
+    assert code == 0, err
+    assert torch.get_num_threads() == 3
+    resolved = yaml.safe_load(out)
+    assert resolved["method"]["euler_steps"] == 7 and resolved["train"]["steps"] == 150
+    assert run_config_dict(build_run_config(resolved)) == resolved
+    assert "dry run" in err and _tree(tmp_path) == before
+    # default threads: $OMP_NUM_THREADS when set, else the cores this process may use
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert bench_cli(*args)[0] == 0 and torch.get_num_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert bench_cli(*args)[0] == 0 and torch.get_num_threads() == len(os.sched_getaffinity(0))
+
+
+def test_plain_progress_lines_every_tenth_and_at_the_end():
+    import io
+
+    from rich.console import Console
+
+    from bench.cli import PlainProgress
+
+    buf = io.StringIO()
+    p = PlainProgress(Console(file=buf, width=80), every_s=1e9)
+    task = p.add_task("fit", total=200, completed=0)
+    for step in range(1, 201):
+        p.update(task, completed=step, description=f"fit loss {1 / step:.3g}")
+    p.update(task, completed=200)  # a repeated final update prints nothing more
+    ev = p.add_task("evaluate", total=3)
+    for _ in range(3):
+        p.update(ev, advance=1)
+    lines = buf.getvalue().splitlines()
+    want = [f"{20 * k}/200" for k in range(1, 11)] + ["1/3", "2/3", "3/3"]
+    assert [ln.split(":")[1].split()[0] for ln in lines] == want
+    assert lines[0].startswith("fit loss 0.05: 20/200 (10%), ") and "ETA" in lines[0]
+    assert lines[9].startswith("fit loss 0.005: 200/200 (100%)") and "ETA" not in lines[9]
+    assert max(len(ln) for ln in lines) < 80
 
 
 def test_malformed_yaml_and_missing_checkpoint(bench_cli, tmp_path):
@@ -97,8 +212,20 @@ def test_malformed_yaml_and_missing_checkpoint(bench_cli, tmp_path):
 
 
 def test_list_and_doctor(bench_cli):
+    from bench.cli import describe
+    from bench.registry import DATASETS, METHODS
+
     code, out, _ = bench_cli("list")
     assert code == 0 and "chargen" in out and "checkerboard" in out and "w2" in out
+    assert "…" not in out
+    for name, obj in [*METHODS.items(), *DATASETS.items()]:
+        desc = describe(obj)
+        assert desc and "\n" not in desc, name  # one line each, from the class (else its module) docstring
+        assert re.search(rf"│ {re.escape(name)} +│ {re.escape(desc)} +│", out), (name, desc)
+    code, out, _ = bench_cli("run", "--help")
+    assert code == 0
+    smoke = next(line for line in out.splitlines() if "--smoke" in line)
+    assert "<bool>" not in smoke and "flag" in smoke  # a flag, not an option taking a value
     code, out, _ = bench_cli("doctor")
     assert code == 0 and "torch" in out
 

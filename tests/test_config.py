@@ -1,6 +1,15 @@
 import pytest
 
-from bench.config import EvalConfig, RunConfig, build_run_config, from_dict, parse_sets, run_config_dict
+from bench.config import (
+    EvalConfig,
+    RunConfig,
+    TrainConfig,
+    build_run_config,
+    eval_memory_bytes,
+    from_dict,
+    parse_sets,
+    run_config_dict,
+)
 from bench.errors import BenchError
 from bench.registry import DATASETS, METHODS, Registry
 from bench.runner import load_builtins, resolve_config
@@ -80,3 +89,63 @@ def test_registry_uniqueness():
         r.register("a", 2)
     with pytest.raises(BenchError, match="valid: a"):
         r.get("b")
+
+
+@pytest.mark.parametrize("value", ["nan", "-inf", "1e999", float("nan"), float("inf"), 10**400])
+def test_float_values_must_be_finite(value):
+    """NaN passes every range check (nan <= 0 is False), so it is refused where it is read, naming the key."""
+    with pytest.raises(BenchError, match=r"^config key 'train.lr': expected a finite number, got "):
+        from_dict(TrainConfig, {"lr": value}, prefix="train.")
+
+
+@pytest.mark.parametrize("text", ["nan", ".nan", ".inf", "-.inf", "1e999"])
+def test_float_overrides_must_be_finite(text):
+    with pytest.raises(BenchError, match="'method.t_eps1': expected a finite number"):
+        resolve_config("flow", "moons", sets=[f"method.t_eps1={text}"])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"method": [1, 2], "data": {"name": "moons"}},
+        {"method": {"name": "flow"}, "data": {"name": "moons"}, 1: 2, "x": 3},
+        {"method": {"name": "flow", 7: 1, "z": 2}, "data": {"name": "moons"}},
+    ],
+)
+def test_ill_shaped_sections_and_non_string_keys_are_errors(raw):
+    with pytest.raises(BenchError):
+        build_run_config(raw)
+
+
+def test_yaml_values_that_resolve_but_cannot_build(tmp_path):
+    assert parse_sets(["seed=2001-13-01"]) == {"seed": "2001-13-01"}  # kept as text, then refused as not an int
+    with pytest.raises(BenchError, match="'seed': expected an integer"):
+        resolve_config("flow", "moons", sets=["seed=2001-13-01"])
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 2001-13-01\n")
+    with pytest.raises(BenchError, match="malformed YAML"):
+        resolve_config("flow", "moons", str(p))
+    p.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(BenchError, match="cannot be read as text"):
+        resolve_config("flow", "moons", str(p))
+
+
+def test_eval_memory_estimate():
+    ev = EvalConfig(n_gen=10, n_ref=20, repeats=2, timing_batch=3, sliced_projections=4)
+    samples, timing = 4 * 2 * (10 + 2 * 20), 2 * 4 * 2 * 3
+    w2, sw2 = 8 * 2 * (10 + 20) + 8 * 10 * 20 * 3, 8 * (10 + 20 + 2) * 4
+    assert eval_memory_bytes(ev, (2,), "points", set(), 3) == samples + timing
+    assert eval_memory_bytes(ev, (2,), "points", {"w2", "sw2"}, 3) == samples + timing + w2 + sw2
+    assert eval_memory_bytes(ev, (1, 8, 8), "image", set()) == 4 * 64 * 10 + 2 * 4 * 64 * 3  # no reference sets
+
+
+def test_eval_and_seed_ranges():
+    for sets, msg in [
+        (["eval.timing_repeats=0"], "timing_repeats >= 1"),
+        (["eval.sliced_projections=0"], "sliced_projections >= 1"),
+        (["eval.n_ref_images=1"], "n_ref_images"),
+        (["seed=-1"], r"seed must be in \[0, "),
+        ([f"eval.sample_seed={2**63 - 10}"], r"eval.sample_seed must be in \[0, "),
+    ]:
+        with pytest.raises(BenchError, match=msg):
+            resolve_config("flow", "moons", sets=sets)

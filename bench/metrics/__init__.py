@@ -1,4 +1,10 @@
-"""Metrics: pure functions of sample tensors (or features/statistics), registered by name."""
+"""Metrics: pure functions of sample tensors (or features/statistics), registered by name.
 
-from bench.metrics import fid, modes, w2  # noqa: F401,E402  (registers)
+The metric modules pull in scipy and POT, so they are imported on the first look-up of ``METRICS``
+(``bench list``, pre-flight, evaluation), not by ``import bench.metrics``.
+"""
+
 from bench.metrics.registry import MetricContext, MetricSpec, applicable_metrics  # noqa: F401
+from bench.registry import METRICS
+
+METRICS.load_from("bench.metrics.fid", "bench.metrics.modes", "bench.metrics.w2")
