@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 from torch import Tensor
 
 from bench.errors import BenchError
@@ -86,6 +85,8 @@ def stats_from_features(feats: Tensor | np.ndarray, batch: int = 4096) -> tuple[
 
 
 def _sqrtm_product(s1: np.ndarray, s2: np.ndarray) -> np.ndarray | None:
+    import scipy.linalg  # here, not at import time: `bench list` must not pay for scipy
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = scipy.linalg.sqrtm(s1 @ s2)
