@@ -11,6 +11,7 @@ frozen EMA teacher) -> fit, with g(t, s, x) = x + (s - t) u(t, s, x) so that g(t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,9 +234,18 @@ class Chargen(Method):
             return
         npy = self._traj_path().with_suffix(".npy")
         if self.cfg.cache == "disk" and npy.exists():
-            self._traj = np.load(npy, mmap_mode="r")
-        else:
-            self._make_trajectories()
+            want = (self.cfg.n_traj, self.K + 1, *self.spec.shape)
+            try:
+                traj = np.load(npy, mmap_mode="r", allow_pickle=False)
+                bad = None if traj.shape == want and traj.dtype == np.float32 else f"shape {traj.shape}, not {want}"
+            except (OSError, ValueError, EOFError) as e:
+                bad = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            if bad is None:
+                self._traj = traj
+                return
+            # the trajectories are seeded: regenerating them gives exactly the set the run was fitting to
+            warnings.warn(f"{npy}: unusable trajectory cache ({bad}); regenerating it", stacklevel=2)
+        self._make_trajectories()
 
     def _traj_batch(self, b: Batch) -> Tensor:
         """This process's share of a global batch of whole trajectories (B, K+1, *shape) on the device."""

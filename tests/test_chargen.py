@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from bench.datasets.base import DataSpec
@@ -123,7 +124,28 @@ def test_disk_cache_equals_memory_cache(tmp_path):
     b = Chargen(cfg, SPEC, TrainConfig(batch_size=64), workdir=tmp_path)
     b._make_trajectories()
     assert (tmp_path / "trajectories-K4-m300.npy").exists()
-    assert torch.allclose(torch.as_tensor(b._traj[:]), a._traj, atol=1e-6)
+    assert torch.allclose(torch.as_tensor(np.array(b._traj)), a._traj, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "other-shape"])
+def test_a_damaged_disk_cache_is_named_and_regenerated_exactly(tmp_path, damage):
+    cfg = ChargenConfig(euler_steps=4, n_traj=64, chunk=32, cache="disk")
+    cfg.teacher.flow.net = SMALL
+    m = Chargen(cfg, SPEC, TrainConfig(batch_size=16), workdir=tmp_path)
+    m._make_trajectories()
+    npy = tmp_path / "trajectories-K4-m64.npy"
+    good = np.array(np.load(npy))
+    if damage == "truncate":
+        npy.write_bytes(npy.read_bytes()[:300])
+    elif damage == "garbage":
+        npy.write_bytes(b"not a numpy file at all")
+    else:
+        np.save(npy, good[:10])
+    m2 = Chargen(cfg, SPEC, TrainConfig(batch_size=16), workdir=tmp_path)
+    m2.load_state_dict(m.state_dict())
+    with pytest.warns(UserWarning, match="unusable trajectory cache"):
+        m2._ensure_trajectories(True)
+    assert np.array_equal(np.array(m2._traj), good)
 
 
 def test_one_step_and_composition_nfe():
