@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +13,18 @@ from bench.grids import GridTarget, write_eval_grid
 from bench.metrics import MetricContext
 from bench.metrics.registry import preflight
 from bench.sampling import Samples, TensorSamples, seeded_noise
+from bench.stats import summary
 from bench.timing import cores_available, default_timing_batch, device_name, load_average, time_call, time_sampler
-
-
-def _summary(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": values,
-    }
 
 
 def reference_sets(dataset: Any, ev: Any) -> list[torch.Tensor]:
     return [dataset.reference(ev.n_ref, ev.ref_seed + r) for r in range(ev.repeats)]
+
+
+def _batched(metrics: list) -> tuple[list, list]:
+    """(metrics scored one repeat at a time, metrics with a ``many`` entry that score all repeats of a row at
+    once, e.g. exact W2 whose solves then run concurrently)."""
+    return [m for m in metrics if not hasattr(m.fn, "many")], [m for m in metrics if hasattr(m.fn, "many")]
 
 
 def evaluate_points(
@@ -49,28 +47,37 @@ def evaluate_points(
     points = method.eval_points(ev.nfe, ev.solvers)
     method.eval()
     task = progress.add_task("evaluate", total=len(points) * ev.repeats) if progress else None
+    per_repeat, batched = _batched(metrics)
     rows = []
     for p in points:
         values: dict[str, list[float]] = {m.name: [] for m in metrics}
         protos: dict[str, dict] = {}
-        nfe_used = None
+        gens: list[Samples] = []
+        ctxs: list[MetricContext] = []
         for r in range(ev.repeats):
             gen = Samples(method, p, ev.n_gen, ev.sample_seed + r * ev.n_gen, sample_batch, device, ev)
             ctx = MetricContext(refs[r], dataset, ev, r, cache_dir)
-            for m in metrics:
+            for m in per_repeat:
                 v, proto = m(gen, ctx)
                 values[m.name].append(v)
                 protos[m.name] = _merge_proto(protos.get(m.name), proto)
-            nfe_used = gen.nfe
+            if batched:
+                gens.append(gen)
+                ctxs.append(ctx)
             if progress is not None:
                 progress.update(task, advance=1, description=f"evaluate {p.label} {p.solver}@{p.nfe or 'adaptive'}")
+        for m in batched:
+            for v, proto in m.fn.many(gens, ctxs):
+                values[m.name].append(v)
+                protos[m.name] = _merge_proto(protos.get(m.name), proto)
+        nfe_used = gen.nfe if ev.repeats else None  # after the metrics: a materialised sample set knows its NFE
         row = {
             "label": p.label,
             "solver": p.solver,
             "nfe_requested": p.nfe,
             "nfe": round(nfe_used, 2) if nfe_used is not None else None,
             "metrics": {
-                k: {**_summary(v), "protocol": _metric_protocol(protos[k], ev, spec)} for k, v in values.items()
+                k: {**summary(v), "protocol": _metric_protocol(protos[k], ev, spec)} for k, v in values.items()
             },
         }
         if grids is not None:  # sample grid (image data): same seeds for every method
@@ -147,14 +154,21 @@ def reference_floor(dataset, ev, refs, metrics, cache_dir, sample_batch: int = 2
     split for images) against the metric's reference: how close to 0 a model can honestly get. Each
     summary carries ``what``, the line saying which real data was scored."""
     vals: dict[str, list[float]] = {m.name: [] for m in metrics}
+    per_repeat, batched = _batched(metrics)
     what = ""
+    gens: list[Samples] = []
+    ctxs: list[MetricContext] = []
     for r in range(ev.repeats):
         x, what = dataset.floor_reference(ev.n_gen, ev.ref_seed + 500_000 + r)
-        other = TensorSamples(x, sample_batch)
-        ctx = MetricContext(refs[r], dataset, ev, r, cache_dir)
-        for m in metrics:
-            vals[m.name].append(m(other, ctx)[0])
-    return {k: {**_summary(v), "what": what} for k, v in vals.items()}
+        gen, ctx = TensorSamples(x, sample_batch), MetricContext(refs[r], dataset, ev, r, cache_dir)
+        for m in per_repeat:
+            vals[m.name].append(m(gen, ctx)[0])
+        if batched:  # kept only for them (image features in ctx.shared can be large)
+            gens.append(gen)
+            ctxs.append(ctx)
+    for m in batched:
+        vals[m.name].extend(v for v, _ in m.fn.many(gens, ctxs))
+    return {k: {**summary(v), "what": what} for k, v in vals.items()}
 
 
 def _merge_proto(old: dict | None, new: dict) -> dict:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from bench.checkpoint import atomic_write_text
 from bench.published import render_published
 from bench.records import LOCK_TIMEOUT_S, results_lock, scan_records, timing_load, timing_loaded
+from bench.stats import mean_std
 from bench.targets import LOADED_MARK, render_targets
 
 SOLVER_ORDER = {"onestep": 0, "compose": 1, "euler": 2, "ei": 3, "heun": 4, "dopri5": 5}
@@ -73,8 +74,7 @@ def _is_num(x: Any) -> bool:
 def _fmt_val(vals: list[float]) -> str:
     if not vals:
         return "-"
-    m = statistics.fmean(vals)
-    s = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    m, s = mean_std(vals)
     prec = 4 if abs(m) < 1 else 3
     return f"{m:.{prec}f} ± {s:.{prec}f}"
 
@@ -434,8 +434,7 @@ def render_csv(tables: list[dict]) -> str:
                         r["config"],
                         r["device"],
                         m,
-                        f"{statistics.fmean(vals):.6g}",
-                        f"{statistics.stdev(vals):.6g}" if len(vals) > 1 else "0",
+                        *(f"{v:.6g}" for v in mean_std(vals)),
                         len(vals),
                         p.get("n_gen", ""),
                         p.get("n_ref", ""),

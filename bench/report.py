@@ -20,6 +20,7 @@ from typing import Any
 from bench.checkpoint import atomic_write_bytes
 from bench.leaderboard import build_tables, train_time
 from bench.records import scan_records
+from bench.stats import mean_std
 
 QUALITY_METRICS = ("w2", "fid", "fd_digits")  # lower is better; the first present is a table's quality axis
 METRIC_NAMES = {"w2": "W2", "fid": "FID", "fd_digits": "FD_digits"}
@@ -121,7 +122,7 @@ def table_series(table: dict) -> dict[str, list[dict]]:
 def _mean_std(vals: list[float]) -> tuple[float, float] | None:
     if not vals:
         return None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return mean_std(vals)
 
 
 def _slug(s: str) -> str:

@@ -6,17 +6,17 @@ log(error) = a + slope * log(x) by least squares on the per-point means (slope +
 
 from __future__ import annotations
 
-import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import linregress
 
 from bench.checkpoint import atomic_write_json, atomic_write_text
 from bench.errors import BenchError
+from bench.stats import mean_std
 
 # a small budget per point so that a full study runs in minutes on 2 CPU cores
 BASE_SETS = [
@@ -87,23 +87,15 @@ STUDIES: dict[str, Study] = {
 
 
 def loglog_fit(xs: list[float], ys: list[float]) -> dict:
-    """Least-squares slope of log y on log x with its standard error and R^2."""
-    lx, ly = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
-    if len(lx) < 2:
+    """Least-squares slope of log y on log x (``scipy.stats.linregress``) with its standard error and R^2."""
+    if len(xs) < 2:
         return {"slope": float("nan"), "slope_se": float("nan"), "intercept": float("nan"), "r2": float("nan")}
-    A = np.stack([np.ones_like(lx), lx], 1)
-    coef, *_ = np.linalg.lstsq(A, ly, rcond=None)
-    resid = ly - A @ coef
-    dof = max(len(lx) - 2, 1)
-    s2 = float(resid @ resid) / dof
-    cov = s2 * np.linalg.inv(A.T @ A)
-    ss_tot = float(((ly - ly.mean()) ** 2).sum())
-    r2 = 1 - float(resid @ resid) / ss_tot if ss_tot > 0 else float("nan")
+    fit = linregress(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)))
     return {
-        "slope": float(coef[1]),
-        "slope_se": float(math.sqrt(max(cov[1, 1], 0))),
-        "intercept": float(coef[0]),
-        "r2": r2,
+        "slope": float(fit.slope),
+        "slope_se": float(fit.stderr),
+        "intercept": float(fit.intercept),
+        "r2": float(fit.rvalue**2),
     }
 
 
@@ -155,9 +147,9 @@ def run_study(
                 "x": v,
                 "seeds": per_seed,
                 **{
-                    f"{k}_{agg}": fn([p[k] for p in per_seed])
+                    f"{k}_{agg}": v
                     for k in ("chargen_w2", "teacher_w2", "floor_w2")
-                    for agg, fn in (("mean", statistics.fmean), ("std", _std))
+                    for agg, v in zip(("mean", "std"), mean_std([p[k] for p in per_seed]), strict=True)
                 },
             }
         )
@@ -179,10 +171,6 @@ def run_study(
     atomic_write_json(out / f"{name}.json", result)
     atomic_write_text(out / f"{name}.md", render_study(result))
     return result
-
-
-def _std(v: list[float]) -> float:
-    return statistics.stdev(v) if len(v) > 1 else 0.0
 
 
 _teachers: dict[tuple, str] = {}

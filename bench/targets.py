@@ -11,6 +11,7 @@ import statistics
 from typing import Any
 
 from bench.records import timing_loaded
+from bench.stats import mean_std
 
 QUALITY = {"points": ("w2", 128, 1.1), "image": ("fd_digits", 64, 1.3)}  # metric, teacher NFE, max ratio
 LOADED_MARK = "†"
@@ -28,7 +29,7 @@ def _mean(m: dict) -> float:
 def _paired_ratio_std(a: dict, b: dict) -> float:
     """Std of the per-repeat ratios a_r / b_r (same noise seeds per repeat); 0 with one repeat."""
     rs = [x / y for x, y in zip(a["values"], b["values"], strict=False) if y]
-    return statistics.stdev(rs) if len(rs) > 1 else 0.0
+    return mean_std(rs)[1] if rs else 0.0
 
 
 def chargen_targets(records: list[dict]) -> list[dict[str, Any]]:

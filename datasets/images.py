@@ -24,6 +24,7 @@ import torch
 from bench.datasets.base import Dataset, DataSpec
 from torch import Tensor
 
+from bench.checkpoint import atomic_path
 from bench.errors import BenchError
 from bench.pixels import from_uint8
 from bench.registry import register_dataset
@@ -145,27 +146,40 @@ class DigitsConfig:
         _check_n_train(self.n_train)
 
 
+DIGITS_SPLIT_SEED = 0
+DIGITS_N_TRAIN = 1500
+
+
+def digits_u8() -> tuple[Tensor, Tensor]:
+    """All 1,797 sklearn digits as uint8 ``(N, 1, 8, 8)`` images (``floor(v * 255 / 16 + 0.5)``) and int64 labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()  # images (1797, 8, 8) float64 in 0..16
+    u8 = np.floor(d.images * 255.0 / 16.0 + 0.5).clip(0, 255).astype(np.uint8)
+    return torch.from_numpy(u8)[:, None], torch.from_numpy(d.target.astype(np.int64))
+
+
+def digits_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x_train, y_train, x_test, y_test)``: the suite's one digits split, used by the data set and by
+    the FD_digits classifier. ``torch.randperm(1797, generator=torch.Generator().manual_seed(0))``; the
+    first 1,500 indices are ``train``, the remaining 297 ``test`` (fixed, independent of the run seed)."""
+    x, y = digits_u8()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    tr, te = perm[:DIGITS_N_TRAIN], perm[DIGITS_N_TRAIN:]
+    return x[tr], y[tr], x[te], y[te]
+
+
 @register_dataset("digits")
 class Digits(ImageDataset):
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, UCI), 1 channel, no download.
-
-    Pixels 0..16 become uint8 by ``floor(v * 255 / 16 + 0.5)``. Split rule (fixed, independent of the
-    run seed): ``torch.randperm(1797, generator=torch.Generator().manual_seed(0))``; the first 1,500
-    indices are ``train``, the remaining 297 ``test``.
-    """
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, UCI), 1 channel, no download; the split
+    is :func:`digits_split`'s."""
 
     Config = DigitsConfig
     name = "digits"
-    N_TRAIN: ClassVar[int] = 1500
 
     def _load(self, split: str) -> Tensor:
-        from sklearn.datasets import load_digits
-
-        v = load_digits().images  # (1797, 8, 8) float64 in 0..16
-        u8 = torch.from_numpy(np.floor(v * 255.0 / 16.0 + 0.5).clip(0, 255).astype(np.uint8))[:, None]
-        perm = torch.randperm(len(u8), generator=torch.Generator().manual_seed(0))
-        idx = perm[: self.N_TRAIN] if split == "train" else perm[self.N_TRAIN :]
-        return u8[idx]
+        x_train, _, x_test, _ = digits_split()
+        return x_train if split == "train" else x_test
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,11 +227,10 @@ class _MNISTLike(ImageDataset):
         for f in self._missing(raw):  # the official .gz files are accepted and unpacked next to them
             gz = raw / (f + ".gz")
             if gz.is_file():
-                try:
-                    with gzip.open(gz, "rb") as src, open(raw / f, "wb") as dst:
+                try:  # unpacked to a temporary file and renamed: a kill never leaves a truncated idx file
+                    with atomic_path(raw / f) as tmp, gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
                         shutil.copyfileobj(src, dst)
                 except OSError as e:
-                    (raw / f).unlink(missing_ok=True)
                     raise BenchError(f"cannot unpack {gz}: {e}") from None
         how = _try_download(
             lambda: getattr(torchvision.datasets, self.tv_class)(cfg.root, train=True, download=True),

@@ -33,14 +33,24 @@ def _rand(n: int, g: torch.Generator) -> Tensor:
     return torch.rand(n, generator=g)
 
 
+_S2 = 1.0 / math.sqrt(2)
+# the eight mode centres on the circle of radius 4 (before the FFJORD rescaling by 1 / 1.414)
+EIGHT_GAUSSIANS_CENTRES = 4.0 * torch.tensor(
+    [(1, 0), (-1, 0), (0, 1), (0, -1), (_S2, _S2), (_S2, -_S2), (-_S2, _S2), (-_S2, -_S2)]
+)
+EIGHT_GAUSSIANS_STD = 0.5
+EIGHT_GAUSSIANS_SCALE = 1.414
+
+
 def eight_gaussians(n: int, g: torch.Generator) -> Tensor:
-    s = 1.0 / math.sqrt(2)
-    centers = 4.0 * torch.tensor([(1, 0), (-1, 0), (0, 1), (0, -1), (s, s), (s, -s), (-s, s), (-s, -s)])
+    """Eight Gaussians (std 0.5) on a circle of radius 2, scaled by 1/1.414 (FFJORD, torchcfm)."""
     k = torch.randint(0, 8, (n,), generator=g)
-    return (centers[k] + 0.5 * _randn(n, 2, g)) / 1.414
+    x = EIGHT_GAUSSIANS_CENTRES[k] + EIGHT_GAUSSIANS_STD * _randn(n, 2, g)
+    return x / EIGHT_GAUSSIANS_SCALE
 
 
 def checkerboard(n: int, g: torch.Generator) -> Tensor:
+    """Uniform on the black squares of a 4x4 checkerboard on [-4, 4]^2 (FFJORD)."""
     x1 = _rand(n, g) * 4 - 2
     x2 = _rand(n, g) - torch.randint(0, 2, (n,), generator=g).float() * 2
     x2 = x2 + torch.floor(x1) % 2
@@ -48,6 +58,7 @@ def checkerboard(n: int, g: torch.Generator) -> Tensor:
 
 
 def moons(n: int, g: torch.Generator, noise: float = 0.1) -> Tensor:
+    """Two interleaving half circles with Gaussian noise 0.1 (scikit-learn make_moons), scaled by 2."""
     k = torch.randint(0, 2, (n,), generator=g)
     theta = _rand(n, g) * math.pi
     upper = torch.stack([torch.cos(theta), torch.sin(theta)], 1)
@@ -57,6 +68,7 @@ def moons(n: int, g: torch.Generator, noise: float = 0.1) -> Tensor:
 
 
 def circles(n: int, g: torch.Generator, factor: float = 0.5, noise: float = 0.08) -> Tensor:
+    """Two concentric circles (radii 3 and 1.5) with Gaussian noise (scikit-learn make_circles)."""
     k = torch.randint(0, 2, (n,), generator=g)
     theta = _rand(n, g) * 2 * math.pi
     r = torch.where(k == 0, torch.ones(n), torch.full((n,), factor))
@@ -65,12 +77,14 @@ def circles(n: int, g: torch.Generator, factor: float = 0.5, noise: float = 0.08
 
 
 def swissroll(n: int, g: torch.Generator, noise: float = 1.0) -> Tensor:
+    """A 2-D Swiss roll with Gaussian noise, scaled by 1/5 (FFJORD)."""
     t = 1.5 * math.pi * (1 + 2 * _rand(n, g))
     x = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) + noise * _randn(n, 2, g)
     return x / 5
 
 
 def pinwheel(n: int, g: torch.Generator) -> Tensor:
+    """Five curved arms of a pinwheel (FFJORD)."""
     radial_std, tangential_std, num_classes, rate = 0.3, 0.1, 5, 0.25
     rads = torch.linspace(0, 2 * math.pi, num_classes + 1)[:-1]
     labels = torch.randint(0, num_classes, (n,), generator=g)
@@ -82,6 +96,7 @@ def pinwheel(n: int, g: torch.Generator) -> Tensor:
 
 
 def two_spirals(n: int, g: torch.Generator) -> Tensor:
+    """Two interleaved spirals with Gaussian noise 0.1 (FFJORD)."""
     m = torch.sqrt(_rand(n, g)) * 540 * (2 * math.pi) / 360
     sign = torch.where(torch.randint(0, 2, (n,), generator=g) == 0, -1.0, 1.0)
     x = torch.stack([-torch.cos(m) * m, torch.sin(m) * m], 1) * sign[:, None]
@@ -106,9 +121,12 @@ def _toy(name: str, fn, **attrs) -> type[_Toy2D]:
 
 
 # mode centres and per-mode std of the mixtures, for the mode-coverage metrics (bench.metrics.modes)
-_S2 = 1.0 / math.sqrt(2)
-_8G = [(1, 0), (-1, 0), (0, 1), (0, -1), (_S2, _S2), (_S2, -_S2), (-_S2, _S2), (-_S2, -_S2)]
-_MODES = {"8gaussians": {"modes": 4.0 * torch.tensor(_8G) / 1.414, "mode_std": 0.5 / 1.414}}
+_MODES = {
+    "8gaussians": {
+        "modes": EIGHT_GAUSSIANS_CENTRES / EIGHT_GAUSSIANS_SCALE,
+        "mode_std": EIGHT_GAUSSIANS_STD / EIGHT_GAUSSIANS_SCALE,
+    }
+}
 
 
 for _name, _fn in {

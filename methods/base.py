@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 from bench.datasets.base import DataSpec
+from bench.methods.nets import count_params
 from torch import Tensor, nn
 
 
@@ -257,10 +258,6 @@ class Method(nn.Module):
         for p in self.parameters():
             return p.device
         return torch.device("cpu")
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def ema_copy(module: nn.Module) -> nn.Module:

@@ -621,11 +621,6 @@ def test_killed_reevaluation_keeps_the_old_record_byte_for_byte(tmp_path, refs_d
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: MNIST's .gz files are unpacked in place (datasets/images.py:230, _MNISTLike._ensure_files), so a "
-    "kill mid-unpack leaves a truncated idx file that every later run takes as present and fails to read",
-)
 def test_killed_while_unpacking_mnist_the_next_run_reads_the_data(tmp_path):
     import gzip
     import struct

@@ -16,19 +16,17 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.checkpoint import atomic_write_bytes
+from bench.datasets.images import DIGITS_N_TRAIN, DIGITS_SPLIT_SEED, digits_split
 from bench.errors import BenchError
 from bench.metrics.features import FeatureExtractor, default_cache_dir, sha256_file
 from bench.pixels import from_uint8
 
 VERSION = "digits-cnn-v1"
-SPLIT_SEED = 0
-N_TRAIN = 1500
 TRAIN_SEED = 0
 EPOCHS = 20
 BATCH = 64
@@ -36,23 +34,6 @@ LR = 2e-3
 FEATURE_DIM = 64
 MIN_TEST_ACCURACY = 0.95
 TFID_NAME = "bench-digits-cnn-v1"
-
-
-def digits_u8() -> tuple[Tensor, Tensor]:
-    """All sklearn digits as uint8 (1797, 1, 8, 8) images (floor(x * 255 / 16 + 0.5)) and int64 labels."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = np.floor(d.images * 255.0 / 16.0 + 0.5).clip(0, 255).astype(np.uint8)
-    return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(d.target.astype(np.int64))
-
-
-def digits_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(x_train, y_train, x_test, y_test) of the classifier's fixed split."""
-    x, y = digits_u8()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
-    return x[tr], y[tr], x[te], y[te]
 
 
 class DigitsCNN(nn.Module):
@@ -143,8 +124,8 @@ def load_or_train(cache_dir: str | Path | None = None) -> DigitsClassifier:
             raise RuntimeError(f"{VERSION} reached only {acc:.3f} test accuracy (< {MIN_TEST_ACCURACY})")
         buf = io.BytesIO()
         torch.save(
-            {"version": VERSION, "state_dict": sd, "test_accuracy": acc, "split_seed": SPLIT_SEED,
-             "train_seed": TRAIN_SEED, "epochs": EPOCHS, "n_train": N_TRAIN},
+            {"version": VERSION, "state_dict": sd, "test_accuracy": acc, "split_seed": DIGITS_SPLIT_SEED,
+             "train_seed": TRAIN_SEED, "epochs": EPOCHS, "n_train": DIGITS_N_TRAIN},
             buf,
         )  # fmt: skip
         atomic_write_bytes(path, buf.getvalue())

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import ot
-import scipy.linalg
 from torch import Tensor
 
 from bench.metrics.registry import MetricContext, metric
@@ -39,6 +37,8 @@ def _solve(a: np.ndarray, b: np.ndarray, num_itermax: int) -> tuple[float, bool]
     Thread-safe: no global warning state is touched (``warnings.catch_warnings`` is not), and POT's C++
     network simplex releases the GIL, so solves in a thread pool run in parallel. One solve uses one core:
     POT 0.9.7 ignores ``emd2(numThreads=...)`` (deprecated; its network simplex no longer uses OpenMP)."""
+    import ot  # here, not at import time: `bench list` must not pay for POT
+
     cost = ot.dist(a, b, metric="sqeuclidean")
     wa = np.full(len(a), 1.0 / len(a))
     wb = np.full(len(b), 1.0 / len(b))
@@ -82,11 +82,15 @@ def w2_sliced(x: Tensor, y: Tensor, n_proj: int = 512, seed: int = 0) -> float:
     """Sliced W2 (POT ``sliced_wasserstein_distance``, p = 2): sqrt of the mean over ``n_proj`` random unit
     directions (numpy ``RandomState(seed)``) of the 1-D squared W2 between the projected samples."""
     rng = np.random.RandomState(seed)  # a private generator: thread-safe, leaves POT's global backend alone
+    import ot
+
     return float(ot.sliced_wasserstein_distance(_numpy(x), _numpy(y), n_projections=n_proj, p=2, seed=rng))
 
 
 def gaussian_w2(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndarray) -> float:
     """Closed-form W2 between N(m1, s1) and N(m2, s2) (Bures-Wasserstein)."""
+    import scipy.linalg
+
     r1 = scipy.linalg.sqrtm(s1)
     cross = scipy.linalg.sqrtm(r1 @ s2 @ r1)
     val = np.sum((m1 - m2) ** 2) + np.trace(s1 + s2 - 2 * np.real(cross))
