@@ -30,7 +30,7 @@ BATCH = 256
 
 
 def _tiled_digits(n: int) -> torch.Tensor:
-    from bench.metrics.digits_classifier import digits_u8
+    from bench.datasets.images import digits_u8
 
     x, _ = digits_u8()
     reps = -(-n // len(x))
