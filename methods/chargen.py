@@ -20,9 +20,10 @@ from typing import Literal
 import numpy as np
 import torch
 from bench.methods.base import Batch, EvalPoint, Method, Shard, Stage, Update, ema_copy
-from bench.methods.flow import Flow, FlowConfig, VelocityModel, flow_eval_points, sample_flow
+from bench.methods.flow import VelocityModel, flow_eval_points, sample_flow
 from bench.methods.interpolants import uniform_grid
 from bench.methods.nets import NetConfig, build_net
+from bench.methods.teacher import TeacherConfig, TeacherMixin
 from torch import Tensor, nn
 
 from bench.errors import BenchError
@@ -33,18 +34,10 @@ TRAJ_SEED = 7_000_000  # trajectory i starts from the noise of seed TRAJ_SEED + 
 
 
 @dataclass
-class TeacherConfig:
-    run: str = ""  # reuse a trained `flow` run: run id (under the runs folder), run folder or its ckpt.pt; "" = train
-    flow: FlowConfig = field(default_factory=FlowConfig)  # the teacher's config when trained in this run
-
-
-@dataclass
 class ChargenConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     net: NetConfig | None = None  # network of u(t, s, x); None = the teacher's (needed for init_from_teacher)
-    euler_steps: int = (
-        40  # K: Euler steps of the characteristics (checkerboard: K=20 W2 1.9x teacher@128; 40 and 100 1.04x)
-    )
+    euler_steps: int = 40  # K: Euler steps (checkerboard: K=20 leaves W2 at 1.9x teacher@128; 40 and 100: 1.04x)
     grid: list[float] = field(default_factory=list)  # custom grid 0 = t_0 < ... < t_K = 1; empty = uniform
     solver: Literal["euler", "heun", "ei"] = "euler"  # teacher step along the grid (ei = exponential integrator)
     pairs_from: Literal["noise", "data"] = "noise"  # paper: teacher trajectories from N(0, I); reference code: data
@@ -146,7 +139,7 @@ def semigroup_penalty(
 
 
 @register_method("chargen")
-class Chargen(Method):
+class Chargen(TeacherMixin, Method):
     """Characteristic generator (arXiv 2405.05512): one-step sampling from fitted flow characteristics."""
 
     Config = ChargenConfig
@@ -155,19 +148,8 @@ class Chargen(Method):
 
     def __init__(self, cfg: ChargenConfig, spec, train, workdir=None) -> None:
         super().__init__(cfg, spec, train, workdir)
-        self.teacher_run, tcfg = None, cfg.teacher.flow
-        if cfg.teacher.run:
-            self.teacher_run, tcfg, self._teacher_ckpt = _resolve_teacher(cfg.teacher.run, spec, workdir)
-        self.teacher_cfg = tcfg
-        self.teacher = Flow(tcfg, spec, train, workdir)
-        if self.teacher_run is not None:
-            try:
-                self.teacher.load_state_dict(self._teacher_ckpt["method_state"])
-            except RuntimeError as e:  # same data set, but the weights do not fit the network they name
-                raise BenchError(f"teacher {cfg.teacher.run}: weights do not match its network ({e})") from None
-            self.teacher_train_s = self._teacher_ckpt["train_state"]["wall_s"]
-            self.teacher_passes = self._teacher_ckpt["train_state"].get("passes")
-            del self._teacher_ckpt
+        self._init_teacher(cfg.teacher, spec, train, workdir)
+        tcfg = self.teacher_cfg
         net_cfg = cfg.net or tcfg.net
         if cfg.init_from_teacher:
             if net_cfg != tcfg.net:
@@ -184,9 +166,6 @@ class Chargen(Method):
     @property
     def K(self) -> int:
         return len(self.grid) - 1
-
-    def v(self) -> VelocityModel:
-        return self.teacher.velocity(ema=True)
 
     def _traj_path(self) -> Path:
         return Path(self.workdir or ".") / f"trajectories-K{self.K}-m{self.cfg.n_traj}.f32"
@@ -352,11 +331,7 @@ class Chargen(Method):
     # -- stages ------------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         c, tc = self.cfg, self.train_cfg
-        stages = []
-        if self.teacher_run is None:
-            t = self.teacher
-            teach = Update(("teacher.net",), t.loss, lr=tc.lr)
-            stages.append(Stage("teacher", tc.steps, [teach], ema=t.ema_pairs(), ema_decay=tc.ema_decay))
+        stages = self._teacher_stages()
 
         def setup(resumed: bool) -> None:
             if not resumed and c.init_from_teacher:
@@ -410,75 +385,5 @@ class Chargen(Method):
     def sampling_nets(self) -> tuple[str, ...]:
         return ("g_ema",)
 
-    def prior_cost(self) -> dict:
-        if self.teacher_run is None:
-            return {}
-        return {
-            "what": f"teacher run {self.teacher_run}",
-            "wall_clock_s": dict(self.teacher_train_s),
-            "network_passes": self.teacher_passes.get("teacher") if self.teacher_passes else None,
-        }
-
     def record_extra(self) -> dict:
-        from bench.config import to_dict
-
-        out = {
-            "teacher": {
-                "label": self.teacher.label(),
-                "params": self.teacher.sampling_params(),
-                "run": self.teacher_run or "trained in this run",
-                "config": to_dict(self.teacher_cfg),
-            },
-            "grid": [round(float(t), 6) for t in self.grid],
-        }
-        if self.teacher_run is not None:
-            out["teacher"]["train_wall_clock_s"] = self.teacher_train_s
-        return out
-
-
-def _resolve_teacher(ref: str, spec, workdir) -> tuple[str, FlowConfig, dict]:
-    """Find a finished `flow` run (id, folder or ckpt.pt), check it fits this data, return its config and ckpt."""
-    from bench.checkpoint import load_checkpoint
-    from bench.config import from_dict
-
-    p = Path(ref)
-    candidates = [p, p / "ckpt.pt"]
-    if workdir is not None:
-        candidates += [Path(workdir).parent / ref / "ckpt.pt"]
-    ck_path = next((c for c in candidates if c.is_file()), None)
-    if ck_path is None:
-        raise BenchError(f"teacher run {ref!r} not found (looked for {', '.join(str(c) for c in candidates)})")
-    ck = load_checkpoint(ck_path)
-    cfg = ck["config"]
-    kind = cfg["method"]["name"]
-    if kind == "chargen" and not cfg["method"]["teacher"]["run"]:  # the teacher a chargen run trained itself
-        fcfg = dict(cfg["method"]["teacher"]["flow"])
-        state = {k[len("teacher.") :]: v for k, v in ck["method_state"].items() if k.startswith("teacher.")}
-        ck = {**ck, "method_state": state}
-    elif kind == "flow":
-        fcfg = {k: v for k, v in cfg["method"].items() if k != "name"}
-    else:
-        raise BenchError(
-            f"teacher {ck_path} is a {kind!r} run; a `flow` run (or a chargen run that trained its "
-            "own teacher) is needed"
-        )
-    if cfg["data"]["name"] != spec.name:
-        raise BenchError(f"teacher {ck_path} was trained on {cfg['data']['name']!r}, this run uses {spec.name!r}")
-    if ck["train_state"]["stage"] < 1:
-        raise BenchError(f"teacher {ck_path} is unfinished")
-    tcfg = from_dict(FlowConfig, fcfg, prefix="teacher.")
-    w = ck["method_state"].get("net.inp.weight")  # MLP: (hidden, dim); U-Net: (channels, C, k, k)
-    want = spec.dim if w is not None and w.ndim == 2 else spec.shape[0]
-    if w is not None and w.shape[1] != want:
-        what = "input dimension" if w.ndim == 2 else "input channels"
-        raise BenchError(f"teacher {ck_path} has {what} {w.shape[1]}, data has {want}")
-    ck["train_state"] = {
-        **ck["train_state"],
-        "wall_s": {"teacher": _first(ck["train_state"]["wall_s"], ("teacher", "train", "flow"))},
-        "passes": {"teacher": _first(ck["train_state"].get("passes") or {}, ("teacher", "train"))},
-    }
-    return ck_path.parent.name, tcfg, ck
-
-
-def _first(d: dict, keys: tuple[str, ...]):
-    return next((d[k] for k in keys if k in d), None)
+        return {**self.teacher_extra(), "grid": [round(float(t), 6) for t in self.grid]}

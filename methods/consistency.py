@@ -43,10 +43,10 @@ from typing import Literal
 
 import torch
 from bench.methods.base import Batch, EvalPoint, Method, Stage, Update, ema_copy, ema_update
-from bench.methods.chargen import CharNet, TeacherConfig, _resolve_teacher, grid_step
-from bench.methods.flow import Flow, VelocityModel
+from bench.methods.chargen import CharNet, grid_step
 from bench.methods.interpolants import _bc
 from bench.methods.nets import NetConfig, build_net
+from bench.methods.teacher import TeacherConfig, TeacherMixin
 from torch import Tensor, nn
 
 from bench.errors import BenchError
@@ -114,65 +114,6 @@ class ConsistencyConfig:
         m = self.mid_times
         if any(not 0 < t < 1 for t in m) or any(b <= a for a, b in zip(m, m[1:], strict=False)):
             raise BenchError(f"method.mid_times must increase strictly inside (0, 1) (got {m})")
-
-
-class TeacherMixin:
-    """A `flow` teacher, trained in the run (stage ``teacher``) or reused from a finished run, handled exactly as
-    chargen handles it: same resolution and checks (``_resolve_teacher``), same prior cost, same record fields."""
-
-    def has_teacher(self) -> bool:
-        return "teacher" in self._modules
-
-    def _init_teacher(self, tc: TeacherConfig, spec, train, workdir) -> None:
-        self.teacher_run, tcfg, ck = None, tc.flow, None
-        if tc.run:
-            self.teacher_run, tcfg, ck = _resolve_teacher(tc.run, spec, workdir)
-        self.teacher_cfg = tcfg
-        self.teacher = Flow(tcfg, spec, train, workdir)
-        if ck is not None:
-            try:
-                self.teacher.load_state_dict(ck["method_state"])
-            except RuntimeError as e:  # same data set, but the weights do not fit the network they name
-                raise BenchError(f"teacher {tc.run}: weights do not match its network ({e})") from None
-            self.teacher_train_s = ck["train_state"]["wall_s"]
-            self.teacher_passes = ck["train_state"].get("passes")
-
-    def _teacher_stages(self) -> list[Stage]:
-        """The teacher's flow-matching stage when it is trained here (train.steps, train.lr), else nothing."""
-        if not self.has_teacher() or self.teacher_run is not None:
-            return []
-        tc, t = self.train_cfg, self.teacher
-        teach = Update(("teacher.net",), t.loss, lr=tc.lr)
-        return [Stage("teacher", tc.steps, [teach], ema=t.ema_pairs(), ema_decay=tc.ema_decay)]
-
-    def v(self) -> VelocityModel:
-        """The frozen EMA teacher as a velocity field."""
-        return self.teacher.velocity(ema=True)
-
-    def prior_cost(self) -> dict:
-        if not self.has_teacher() or self.teacher_run is None:
-            return {}
-        return {
-            "what": f"teacher run {self.teacher_run}",
-            "wall_clock_s": dict(self.teacher_train_s),
-            "network_passes": self.teacher_passes.get("teacher") if self.teacher_passes else None,
-        }
-
-    def teacher_extra(self) -> dict:
-        """``extra.teacher`` of the record (the leaderboard adds a reused teacher's ``train_wall_clock_s``)."""
-        if not self.has_teacher():
-            return {}
-        from bench.config import to_dict
-
-        out = {
-            "label": self.teacher.label(),
-            "params": self.teacher.sampling_params(),
-            "run": self.teacher_run or "trained in this run",
-            "config": to_dict(self.teacher_cfg),
-        }
-        if self.teacher_run is not None:
-            out["train_wall_clock_s"] = self.teacher_train_s
-        return {"teacher": out}
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float) -> Tensor:

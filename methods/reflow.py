@@ -34,11 +34,12 @@ from typing import Literal
 
 import torch
 from bench.methods.base import Batch, EvalPoint, Method, Shard, Stage, Update, ema_copy
-from bench.methods.chargen import TRAJ_SEED, CharNet, TeacherConfig
-from bench.methods.consistency import LPIPS_REFUSED, TeacherMixin
+from bench.methods.chargen import TRAJ_SEED, CharNet
+from bench.methods.consistency import LPIPS_REFUSED
 from bench.methods.flow import Flow, FlowConfig, flow_eval_points, sample_flow
 from bench.methods.interpolants import _bc
 from bench.methods.nets import NetConfig, build_net
+from bench.methods.teacher import TeacherConfig, TeacherMixin
 from torch import Tensor
 
 from bench import solvers
