@@ -48,41 +48,49 @@ def evaluate_points(
     method.eval()
     task = progress.add_task("evaluate", total=len(points) * ev.repeats) if progress else None
     per_repeat, batched = _batched(metrics)
-    rows = []
-    for p in points:
-        values: dict[str, list[float]] = {m.name: [] for m in metrics}
-        protos: dict[str, dict] = {}
-        gens: list[Samples] = []
-        ctxs: list[MetricContext] = []
+    values = [{m.name: [] for m in metrics} for _ in points]
+    protos: list[dict[str, dict]] = [{} for _ in points]
+    gens: list[list[Samples]] = [[] for _ in points]
+    nfes: list[float | None] = []
+    ctxs: list[list[MetricContext]] = [[] for _ in points]
+    for i, p in enumerate(points):
         for r in range(ev.repeats):
             gen = Samples(method, p, ev.n_gen, ev.sample_seed + r * ev.n_gen, sample_batch, device, ev)
             ctx = MetricContext(refs[r], dataset, ev, r, cache_dir)
             for m in per_repeat:
                 v, proto = m(gen, ctx)
-                values[m.name].append(v)
-                protos[m.name] = _merge_proto(protos.get(m.name), proto)
-            if batched:
-                gens.append(gen)
-                ctxs.append(ctx)
+                values[i][m.name].append(v)
+                protos[i][m.name] = _merge_proto(protos[i].get(m.name), proto)
+            if batched:  # kept (points: small) for the batched metrics below
+                gen.tensor()  # drawn now, in seed order (under torch.distributed every rank takes part here)
+                gens[i].append(gen)
+                ctxs[i].append(ctx)
             if progress is not None:
                 progress.update(task, advance=1, description=f"evaluate {p.label} {p.solver}@{p.nfe or 'adaptive'}")
-        for m in batched:
-            for v, proto in m.fn.many(gens, ctxs):
-                values[m.name].append(v)
-                protos[m.name] = _merge_proto(protos.get(m.name), proto)
-        nfe_used = gen.nfe if ev.repeats else None  # after the metrics: a materialised sample set knows its NFE
-        row = {
-            "label": p.label,
-            "solver": p.solver,
-            "nfe_requested": p.nfe,
-            "nfe": round(nfe_used, 2) if nfe_used is not None else None,
-            "metrics": {
-                k: {**summary(v), "protocol": _metric_protocol(protos[k], ev, spec)} for k, v in values.items()
-            },
-        }
+        nfes.append(gen.nfe if ev.repeats else None)  # after the metrics: materialised samples know it
+    for m in batched:  # every repeat of every row at once: the solves share the cores
+        flat = m.fn.many([g for gs in gens for g in gs], [c for cs in ctxs for c in cs])
+        for i in range(len(points)):
+            for v, proto in flat[i * ev.repeats : (i + 1) * ev.repeats]:
+                values[i][m.name].append(v)
+                protos[i][m.name] = _merge_proto(protos[i].get(m.name), proto)
+    rows = []
+    for i, p in enumerate(points):
+        nfe_used = nfes[i]
+        rows.append(
+            {
+                "label": p.label,
+                "solver": p.solver,
+                "nfe_requested": p.nfe,
+                "nfe": round(nfe_used, 2) if nfe_used is not None else None,
+                "metrics": {
+                    k: {**summary(v), "protocol": _metric_protocol(protos[i][k], ev, spec)}
+                    for k, v in values[i].items()
+                },
+            }
+        )
         if grids is not None:  # sample grid (image data): same seeds for every method
-            row["grid"] = write_eval_grid(method, p, ev.sample_seed, device, grids)
-        rows.append(row)
+            rows[-1]["grid"] = write_eval_grid(method, p, ev.sample_seed, device, grids)
     floor = reference_floor(dataset, ev, refs, metrics, cache_dir)
     timing_ref = None
     if ev.timing:  # all timings back to back, after the metrics, under the same conditions

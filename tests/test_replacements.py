@@ -299,3 +299,20 @@ def test_solver_workers_from_affinity_omp_and_task_count(monkeypatch):
     assert solver_workers(8) == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "junk")
     assert solver_workers(8) == 4
+
+
+def test_sliced_w2_fast_path_equals_pots_own_solver():
+    """Equal sizes use sorted projections; the value is POT's sliced_wasserstein_distance on the same seed."""
+    import numpy as np
+    import ot
+
+    from bench.metrics.w2 import w2_sliced
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(700, 3, generator=g), torch.randn(700, 3, generator=g) * 1.5 + 0.2
+    for seed in (0, 7):
+        ref = ot.sliced_wasserstein_distance(
+            x.double().numpy(), y.double().numpy(), n_projections=128, p=2, seed=np.random.RandomState(seed)
+        )
+        assert abs(w2_sliced(x, y, 128, seed) - float(ref)) < 1e-12
+    assert w2_sliced(x, y[:500], 128, 0) > 0  # unequal sizes: POT's general solver
