@@ -253,7 +253,8 @@ def train(
         """The one host sync: every log_every steps and before every checkpoint."""
         keys = list(logs)
         vals = torch.stack([v.float().reshape(()) for v in logs.values()])
-        first = torch.stack([first_bad[k] for k in keys])
+        none = torch.full((), -1, dtype=torch.long, device=vals.device)
+        first = torch.stack([first_bad.get(k, none) for k in keys])
         if dist.active:  # logged values averaged over ranks; any rank's NaN stops every rank
             vals, first = dist.sum(vals) / dist.world, dist.max(first)
         bad_at = {k: int(b) for k, b in zip(keys, first.tolist(), strict=True) if b >= 0}
@@ -282,22 +283,29 @@ def train(
                 state.stage_info[stage.name] = stage.run(dist)
             else:
                 task = progress.add_task(stage.name, total=stage.steps, completed=state.step) if progress else None
-                first_bad: dict[str, Tensor] = {}  # per logged value: first step it was NaN/Inf (-1 = never)
+                # per watched logged value: the first step it was NaN/Inf (-1 = never), one vector for all of them
+                first_keys: tuple[str, ...] = ()
+                first_vec = torch.zeros(0, dtype=torch.long, device=device)
                 for step in range(state.step, stage.steps):
                     logs: dict[str, Tensor] = {}
                     for ui, r in enumerate(runners[stage.name]):
                         logs.update(one_update(si, ui, r, stage, step))
-                    for k, v in logs.items():  # device ops only, no sync (fp16: inf grad norms are the scaler's job)
-                        fb = first_bad.setdefault(k, torch.full((), -1, dtype=torch.long, device=device))
-                        if tc.precision != "fp16" or k.startswith("loss"):
-                            first_bad[k] = torch.where((fb < 0) & ~torch.isfinite(v.float()), step, fb)
+                    # device ops only, no sync (fp16: inf grad norms are the GradScaler's business, not divergence)
+                    watched = tuple(k for k in logs if tc.precision != "fp16" or k.startswith("loss"))
+                    if watched != first_keys:  # the set of logged values changed: bring it along
+                        old = dict(zip(first_keys, first_vec.unbind(), strict=True)) if first_keys else {}
+                        first_keys = watched
+                        neg = torch.full((), -1, dtype=torch.long, device=device)
+                        first_vec = torch.stack([old.get(k, neg) for k in first_keys])
+                    nonfinite = ~torch.isfinite(torch.stack([logs[k].float().reshape(()) for k in first_keys]))
+                    first_vec = torch.where((first_vec < 0) & nonfinite, step, first_vec)
                     # EMA with the usual warm-up (decay <= (1 + step) / (10 + step)); decay 0 copies the weights
                     ema_update(stage.ema, min(stage.ema_decay, (1 + step) / (10 + step)))
                     state.step = step + 1
                     last = step + 1 == stage.steps
                     ckpt_now = tc.ckpt_every > 0 and (step + 1) % tc.ckpt_every == 0 and not last
                     if (step + 1) % tc.log_every == 0 or last or ckpt_now:
-                        vals = check(logs, first_bad, stage)
+                        vals = check(logs, dict(zip(first_keys, first_vec.unbind(), strict=True)), stage)
                         state.last_logs[stage.name] = vals
                         if log_f is not None and ((step + 1) % tc.log_every == 0 or last):
                             log_f.write(json.dumps({"stage": stage.name, "step": step + 1, **vals}) + "\n")
