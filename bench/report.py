@@ -320,6 +320,54 @@ def _grid_panels(table: dict, results_dir: Path) -> list[tuple[str, str]]:
     return panels
 
 
+def _point_panels(table: dict, by_id: dict[str, dict]) -> list[tuple[str, str, dict, str]]:
+    """(title, run folder, record row) per series of a points table, at its smallest and largest NFE, from the
+    first of its runs whose folder (with ``ckpt.pt``) is on this machine."""
+    panels = []
+    for name, rows in table_series(table).items():
+        chosen = [rows[0]] + ([rows[-1]] if len(rows) > 1 else [])
+        for r in chosen:
+            for rec, row in row_items(r, by_id):
+                wd = rec.get("workdir")
+                if wd and (Path(wd) / "ckpt.pt").is_file():
+                    panels.append((f"{name}\nNFE {r['nfe']:g}", wd, row, r["method"]))
+                    break
+    return panels[:24]
+
+
+def _draw_points(panels: list[tuple[str, str, dict, str]], n: int = 2000) -> Callable[[Any], None]:
+    """Samples of each panel's run (seeds eval.sample_seed .. + n, CPU) over a 2-D histogram of the data law."""
+
+    def draw(fig) -> None:
+        import torch
+
+        from bench.methods.base import EvalPoint
+        from bench.runner import load_run
+        from bench.sampling import generate
+
+        ncol = min(4, len(panels))
+        axes = fig.subplots(math.ceil(len(panels) / ncol), ncol, squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        ref, lim = None, None
+        for ax, (title, wd, row, _) in zip(axes.flat, panels, strict=False):
+            cfg, ds, m, _ = load_run(Path(wd), torch.device("cpu"))
+            if ref is None:
+                ref = ds.reference(20000, cfg.eval.ref_seed).numpy()
+                lo, hi = ref.min(0), ref.max(0)
+                pad = 0.1 * (hi - lo)
+                lim = (lo - pad, hi + pad)
+            pt = EvalPoint(row["label"], row["solver"], row["nfe_requested"])
+            x, _ = generate(m, pt, n, cfg.eval.sample_seed, 1000, torch.device("cpu"))
+            ax.hist2d(ref[:, 0], ref[:, 1], bins=80, range=list(zip(*lim, strict=True)), cmap="Greys")
+            ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1.5, c="tab:red", alpha=0.5, linewidths=0)
+            ax.set_xlim(lim[0][0], lim[1][0])
+            ax.set_ylim(lim[0][1], lim[1][1])
+            ax.set_title(title, fontsize=7.5)
+
+    return draw
+
+
 def _draw_samples(panels: list[tuple[str, str]], results_dir: Path) -> Callable[[Any], None]:
     def draw(fig) -> None:
         from matplotlib.image import imread
@@ -415,10 +463,18 @@ def _table_figures(t: dict, base: str, by_id: dict[str, dict], results_dir: Path
                 (9.0, 2.4 * math.ceil(len(panels) / min(4, len(panels)))),
             )
     else:
-        skipped.append(
-            f"sample panel for {', '.join(sorted({r['method'] for r in t['rows']}))}: records hold no samples, and "
-            "drawing them needs each run's checkpoint through the engine, which the report does not load"
-        )
+        panels = _point_panels(t, by_id)
+        drawn = {method for *_, method in panels}
+        missing = sorted({r["method"] for r in t["rows"]} - drawn)
+        if missing:
+            skipped.append(f"sample panel for {', '.join(missing)}: no run folder with ckpt.pt on this machine")
+        if panels:
+            add(
+                "samples.png",
+                "Samples (red, 2,000 fixed seeds) over the data (grey), each method at its smallest and largest NFE.",
+                _draw_points(panels),
+                (9.0, 2.4 * math.ceil(len(panels) / min(4, len(panels)))),
+            )
     logs, no_log = [], []
     for rid in sorted({rid for r in t["rows"] for rid in r["runs"]}):
         wd = by_id[rid].get("workdir")

@@ -314,3 +314,19 @@ def test_page_in_a_browser(results):
             assert page.eval_on_selector_all("table#t-digits tbody.rows tr", visible) == n_all - 1
         finally:
             browser.close()
+
+
+def test_points_sample_panel_from_a_real_run(bench_cli):
+    """A points run whose folder is on this machine gets a sample panel drawn from its checkpoint."""
+    from bench.report import plan_report, render_report
+
+    sets = ["--set", "eval.nfe=[1,4]", "--set", "eval.solvers=[euler]", "--set", "eval.timing=false"]
+    code, _, err = bench_cli("run", "--method", "flow", "--dataset", "moons", "--smoke", *sets)
+    assert code == 0, err
+    paths = render_report(bench_cli.results)
+    png = bench_cli.results / "figures" / "moons" / "samples.png"
+    assert png in paths and png.stat().st_size > 0
+    assert not any(n.startswith("sample panel") for _, n in plan_report(bench_cli.results).skipped)
+    first = png.read_bytes()
+    render_report(bench_cli.results)
+    assert png.read_bytes() == first  # fixed seeds: drawn twice, the same figure
