@@ -321,7 +321,11 @@ def _launch_torchrun(nproc: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += ["-m", "bench.cli", *argv]
     console.print("launching: " + " ".join(cmd[2:]), highlight=False)
-    code = subprocess.call(cmd, env=dict(os.environ))
+    from bench.timing import cores_available
+
+    env = dict(os.environ)  # N processes share the cores: no oversubscribed OpenMP threads unless asked for
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores_available() // nproc)))
+    code = subprocess.call(cmd, env=env)
     if code != 0:
         raise BenchError(f"torchrun exited with code {code} (see the ranks' messages above)")
 
