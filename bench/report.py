@@ -34,7 +34,7 @@ _RC = {
     "legend.fontsize": 7.5,
 }
 _PNG_META = {"Software": None}
-_MARKERS = "osD^v<>ph*"
+_MARKERS = "osD^v<>ph"  # 9 markers x 20 colours (coprime periods): no two of the first 180 series look alike
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def _slug(s: str) -> str:
 def _style(i: int) -> dict:
     import matplotlib
 
-    return {"color": matplotlib.colormaps["tab10"](i % 10), "marker": _MARKERS[i % len(_MARKERS)]}
+    return {"color": matplotlib.colormaps["tab20"](i % 20), "marker": _MARKERS[i % len(_MARKERS)]}
 
 
 def _log_err(mean: float, std: float) -> list[list[float]]:
