@@ -59,12 +59,6 @@ class ReportPlan:
     skipped: list[tuple[str, str]]  # (table title, what was not drawn and why)
 
 
-def training_cost_s(rec: dict, label: str) -> tuple[float | None, bool]:
-    """Seconds of training a row's samples needed, and whether a reused teacher's cost is included
-    (the leaderboard's own rule, :func:`bench.leaderboard.train_time`)."""
-    return train_time(rec, label)
-
-
 def quality_metric(table: dict) -> str | None:
     return next((m for m in QUALITY_METRICS if m in table["metrics"]), None)
 
@@ -82,8 +76,8 @@ def row_items(row: dict, by_id: dict[str, dict]) -> list[tuple[dict, dict]]:
 
 
 def row_training_s(row: dict, by_id: dict[str, dict]) -> tuple[float | None, bool]:
-    """Mean training cost over the row's runs (see ``training_cost_s``)."""
-    costs = [training_cost_s(rec, row["method"]) for rec, _ in row_items(row, by_id)]
+    """Mean training cost over the row's runs (``bench.leaderboard.train_time``)."""
+    costs = [train_time(rec, row["method"]) for rec, _ in row_items(row, by_id)]
     vals = [c for c, _ in costs if c is not None]
     return (statistics.fmean(vals) if vals else None), any(t for _, t in costs)
 
