@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -700,6 +701,11 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         console.print("interrupted")
         sys.exit(130)
+    finally:  # leave the process group before exit: gloo threads alive at exit abort the process
+        dist = sys.modules.get("bench.distributed")
+        if dist is not None:
+            with contextlib.suppress(Exception):  # a peer already gone must not turn the exit into a traceback
+                dist.shutdown()
     if isinstance(code, int) and code != 0:
         sys.exit(code)
 
