@@ -25,6 +25,9 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-3  # learning rate of single-optimiser stages
     warmup_steps: int = 100  # linear learning-rate warm-up
+    # after warm-up: constant, or cosine decay to lr_min_ratio x lr at each stage's last step (every optimiser)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min_ratio: float = 0.0
     ema_decay: float = 0.999  # EMA of weights used for sampling; 0 disables
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ckpt_every: int = 1000  # checkpoint period in steps (atomic writes); 0 = only at stage ends

@@ -10,6 +10,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,17 +141,27 @@ def _frozen(modules: list[nn.Module]):
                 p.requires_grad_(f)
 
 
+def lr_factor(warmup: int, steps: int, schedule: str, min_ratio: float, s: int) -> float:
+    """Multiplier of the base LR at optimiser step ``s`` (0-based) of a ``steps``-step stage: linear warm-up over
+    ``warmup`` steps, then constant or a half cosine from 1 down to ``min_ratio`` at the last step."""
+    if warmup > 0 and s < warmup:
+        return (s + 1) / warmup
+    if schedule == "constant" or steps <= warmup + 1:
+        return 1.0
+    frac = min(1.0, (s - warmup) / (steps - warmup - 1))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
 class _UpdateRunner:
     """One Update's optimiser, LR schedule, grad scaler and wrapped networks."""
 
-    def __init__(self, method: Method, u: Update, tc: Any, device: torch.device, dist: Dist) -> None:
+    def __init__(self, method: Method, u: Update, tc: Any, device: torch.device, dist: Dist, steps: int) -> None:
         self.u = u
         self.nets = {p: getattr(*_resolve(method, p)) for p in u.nets}
         self.params = [p for m in self.nets.values() for p in m.parameters() if p.requires_grad]
         self.opt = u.build_optimizer(self.params)
-        warm = tc.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0
+            self.opt, partial(lr_factor, tc.warmup_steps, steps, tc.lr_schedule, tc.lr_min_ratio)
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
         self.wrapped = {}
@@ -188,7 +199,7 @@ def train(
     ckpt_path = workdir / "ckpt.pt"
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     stages = method.stages()
-    runners = {s.name: [_UpdateRunner(method, u, tc, device, dist) for u in s.updates] for s in stages}
+    runners = {s.name: [_UpdateRunner(method, u, tc, device, dist, s.steps) for u in s.updates] for s in stages}
     state = TrainState()
     if resume:
         ck = load_checkpoint(ckpt_path, map_location=device)

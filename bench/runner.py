@@ -131,6 +131,8 @@ def validate_eval(cfg: RunConfig, spec: Any = None) -> None:
         raise BenchError("train: need steps >= 0, batch_size >= 1, lr > 0, 0 <= ema_decay < 1, grad_clip >= 0")
     if tc.log_every < 1 or tc.ckpt_every < 0 or tc.warmup_steps < 0:
         raise BenchError("train: need log_every >= 1, ckpt_every >= 0, warmup_steps >= 0")
+    if not 0.0 <= tc.lr_min_ratio <= 1.0:
+        raise BenchError(f"train.lr_min_ratio must lie in [0, 1] (got {tc.lr_min_ratio})")
     if spec is None:
         return
     from bench.config import eval_memory_bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from bench.methods.base import Batch, ema_update, step_seed
@@ -66,3 +67,26 @@ def test_chargen_carries_its_reused_teachers_cost(bench_cli):
     assert cost["reused"]["network_passes"] == teacher_passes
     assert cost["network_passes"] == teacher_passes + sum(cost["network_passes_by_stage"].values())
     assert "reused: teacher" in cost["wall_clock_s"] and cost["complete"]
+
+
+def test_lr_factor_warms_up_then_decays_by_half_cosine():
+    from bench.engine import lr_factor
+
+    assert [lr_factor(4, 100, "constant", 0.0, s) for s in (0, 1, 3, 4, 99)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    cos = [lr_factor(4, 104, "cosine", 0.1, s) for s in range(104)]
+    assert cos[:4] == [0.25, 0.5, 0.75, 1.0] and abs(cos[-1] - 0.1) < 1e-12
+    assert abs(cos[4 + 49] - (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 49 / 99)))) < 1e-12
+    assert all(a >= b for a, b in zip(cos[3:], cos[4:], strict=False))  # monotone after warm-up
+    assert lr_factor(0, 1, "cosine", 0.0, 0) == 1.0  # a one-step stage keeps its LR
+
+
+def test_cosine_schedule_reaches_its_floor_in_the_checkpoint(bench_cli):
+    sets = ["--set", "train.steps=12", "--set", "train.batch_size=16", "--set", "train.warmup_steps=2"]
+    sets += ["--set", "train.lr_schedule=cosine", "--set", "train.lr_min_ratio=0.25"]
+    code, _, err = bench_cli("train", "--method", "flow", "--dataset", "moons", "--smoke", "--run-id", "cos", *sets)
+    assert code == 0, err
+    ck = torch.load(bench_cli.runs / "cos" / "ckpt.pt", weights_only=True)
+    (runner,) = next(iter(ck["optim"].values()))
+    assert abs(runner["opt"]["param_groups"][0]["lr"] - 0.25 * 1e-3) < 1e-12
+    code, _, err = bench_cli("train", "--method", "flow", "--dataset", "moons", "--smoke", "--set", "train.lr_min_ratio=2")
+    assert code == 2 and "lr_min_ratio" in err
