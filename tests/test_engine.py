@@ -88,5 +88,6 @@ def test_cosine_schedule_reaches_its_floor_in_the_checkpoint(bench_cli):
     ck = torch.load(bench_cli.runs / "cos" / "ckpt.pt", weights_only=True)
     (runner,) = next(iter(ck["optim"].values()))
     assert abs(runner["opt"]["param_groups"][0]["lr"] - 0.25 * 1e-3) < 1e-12
-    code, _, err = bench_cli("train", "--method", "flow", "--dataset", "moons", "--smoke", "--set", "train.lr_min_ratio=2")
+    bad = ["--set", "train.lr_min_ratio=2"]
+    code, _, err = bench_cli("train", "--method", "flow", "--dataset", "moons", "--smoke", *bad)
     assert code == 2 and "lr_min_ratio" in err
