@@ -28,9 +28,12 @@ from torch import Tensor, nn
 
 from bench.errors import BenchError
 from bench.registry import register_method
+from bench.rowfile import RowFile
 from bench.sampling import seeded_noise
 
 TRAJ_SEED = 7_000_000  # trajectory i starts from the noise of seed TRAJ_SEED + i (any number of processes)
+MEMORY_CACHE_MAX = 2 << 30  # cache=auto: trajectories up to 2 GiB stay in memory, larger sets go to disk
+CHUNK_BYTES = 256 << 20  # trajectories generated per chunk are capped at this many bytes (CIFAR, K=100: 207)
 
 
 @dataclass
@@ -42,8 +45,10 @@ class ChargenConfig:
     solver: Literal["euler", "heun", "ei"] = "euler"  # teacher step along the grid (ei = exponential integrator)
     pairs_from: Literal["noise", "data"] = "noise"  # paper: teacher trajectories from N(0, I); reference code: data
     n_traj: int = 20000  # m: cached trajectories (pairs_from=noise)
-    cache: Literal["memory", "disk", "none"] = "memory"  # none = regenerate trajectories every step
-    chunk: int = 4096  # trajectories generated (and written to disk) per chunk
+    # memory | disk (written and read by file offset, host memory flat in n_traj) | none (fresh every step)
+    # | auto = memory up to MEMORY_CACHE_MAX bytes, else disk
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    chunk: int = 4096  # trajectories generated (and written to disk) per chunk, at most CHUNK_BYTES
     loss: Literal["pairwise", "reference"] = "pairwise"  # paper's regression or the reference code's loss
     distance: Literal["l2", "lpips"] = "l2"  # reference loss distance; lpips needs local VGG weights
     end_pairs: float = 0.5  # share of pairs (k, K) ending at t = 1; 0 = pairs uniform over all k < l (paper)
@@ -160,7 +165,7 @@ class Chargen(TeacherMixin, Method):
         self.g_ema = ema_copy(self.g)
         grid = cfg.grid or uniform_grid(cfg.euler_steps)
         self.register_buffer("grid", torch.tensor(grid, dtype=torch.float32))
-        self._traj: Tensor | np.memmap | None = None
+        self._traj: Tensor | RowFile | None = None
 
     # -- helpers -----------------------------------------------------------------------------------
     @property
@@ -168,54 +173,69 @@ class Chargen(TeacherMixin, Method):
         return len(self.grid) - 1
 
     def _traj_path(self) -> Path:
-        return Path(self.workdir or ".") / f"trajectories-K{self.K}-m{self.cfg.n_traj}.f32"
+        return Path(self.workdir or ".") / f"trajectories-K{self.K}-m{self.cfg.n_traj}.npy"
+
+    def _traj_bytes(self) -> int:
+        """Bytes of one cached trajectory (K + 1 states, float32)."""
+        return (self.K + 1) * int(np.prod(self.spec.shape)) * 4
+
+    def cache_mode(self) -> str:
+        """The resolved cache: ``auto`` keeps trajectories in memory up to MEMORY_CACHE_MAX bytes, else on disk."""
+        c = self.cfg.cache
+        if c != "auto":
+            return c
+        return "memory" if self.cfg.n_traj * self._traj_bytes() <= MEMORY_CACHE_MAX else "disk"
 
     @torch.no_grad()
     def _make_trajectories(self, shard: Shard | None = None) -> dict:
         """Generate (and cache) m trajectories in chunks, trajectory i from seed TRAJ_SEED + i, so a resume or
-        any number of processes (each taking its share of the seeds) produce the same set."""
-        c, shape, shard = self.cfg, tuple(self.spec.shape), shard or Shard()
+        any number of processes (each taking its share of the seeds) produce the same set. On disk, each chunk
+        is written at its file offset as it is made: host memory holds one chunk (<= CHUNK_BYTES), never the set."""
+        c, shape, shard, mode = self.cfg, tuple(self.spec.shape), shard or Shard(), self.cache_mode()
         full = (c.n_traj, self.K + 1, *shape)
         mine = shard.range(c.n_traj)
-        npy = self._traj_path().with_suffix(".npy")
-        if c.cache == "disk":
+        per_chunk = max(1, min(c.chunk, CHUNK_BYTES // self._traj_bytes()))
+        path = self._traj_path()
+        if mode == "disk":
             if shard.rank == 0:
-                npy.parent.mkdir(parents=True, exist_ok=True)
-                np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=full).flush()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                RowFile.create(path, full).close()
             shard.barrier()
-            store = np.load(npy, mmap_mode="r+")
-            offset = 0
+            store, offset = RowFile.open(path, writable=True), 0
         else:
             store, offset = torch.empty(len(mine), *full[1:]), mine.start
-        for start in range(mine.start, mine.stop, c.chunk):
-            n = min(c.chunk, mine.stop - start)
+        for start in range(mine.start, mine.stop, per_chunk):
+            n = min(per_chunk, mine.stop - start)
             z = seeded_noise(shape, range(TRAJ_SEED + start, TRAJ_SEED + start + n)).to(self.grid.device)
             tr = characteristics(self.v(), z, self.grid, c.solver).cpu()
-            store[start - offset : start - offset + n] = tr.numpy() if c.cache == "disk" else tr
-        if c.cache == "disk":
-            store.flush()
-            del store
+            if mode == "disk":
+                store.write_rows(start, tr.numpy())
+            else:
+                store[start - offset : start - offset + n] = tr
+        if mode == "disk":
+            store.close()
             shard.barrier()
-            self._traj = np.load(npy, mmap_mode="r")
+            self._traj = RowFile.open(path)
         else:
             self._traj = shard.gather(store, c.n_traj)
         return {
             "n_traj": c.n_traj,
             "K": self.K,
             "solver": c.solver,
-            "cache": c.cache,
+            "cache": mode,
+            "chunk": per_chunk,
             "bytes": int(np.prod(full)) * 4,
             "teacher_nfe_per_traj": self.K * (2 if c.solver == "heun" else 1),
         }
 
     def _ensure_trajectories(self, resumed: bool) -> None:
-        if self.cfg.pairs_from != "noise" or self.cfg.cache == "none" or self._traj is not None:
+        if self.cfg.pairs_from != "noise" or self.cache_mode() == "none" or self._traj is not None:
             return
-        npy = self._traj_path().with_suffix(".npy")
-        if self.cfg.cache == "disk" and npy.exists():
+        path = self._traj_path()
+        if self.cache_mode() == "disk" and path.exists():
             want = (self.cfg.n_traj, self.K + 1, *self.spec.shape)
             try:
-                traj = np.load(npy, mmap_mode="r", allow_pickle=False)
+                traj = RowFile.open(path)
                 bad = None if traj.shape == want and traj.dtype == np.float32 else f"shape {traj.shape}, not {want}"
             except (OSError, ValueError, EOFError) as e:
                 bad = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
@@ -223,27 +243,23 @@ class Chargen(TeacherMixin, Method):
                 self._traj = traj
                 return
             # the trajectories are seeded: regenerating them gives exactly the set the run was fitting to
-            warnings.warn(f"{npy}: unusable trajectory cache ({bad}); regenerating it", stacklevel=2)
+            warnings.warn(f"{path}: unusable trajectory cache ({bad}); regenerating it", stacklevel=2)
         self._make_trajectories()
 
-    def _traj_batch(self, b: Batch) -> Tensor:
-        """This process's share of a global batch of whole trajectories (B, K+1, *shape) on the device."""
-        dev = self.grid.device
-        if self.cfg.cache == "none":
-            return characteristics(self.v(), b.randn(*self.spec.shape), self.grid, self.cfg.solver)
-        idx = b.randint(0, self.cfg.n_traj).cpu()
-        if isinstance(self._traj, np.ndarray):
-            order = np.argsort(idx.numpy(), kind="stable")  # sorted reads from the memory map, original order back
-            rows = np.empty((len(idx), *self._traj.shape[1:]), dtype=np.float32)
-            rows[order] = self._traj[idx.numpy()[order]]
-            return torch.from_numpy(rows).to(dev)
-        return self._traj[idx].to(dev)
+    def trajectories(self) -> Tensor:
+        """All cached trajectories (m, K+1, *shape) as one tensor (tests, small sets)."""
+        t = self._traj
+        return torch.from_numpy(t.read_all()) if isinstance(t, RowFile) else t
 
     # -- pairs -------------------------------------------------------------------------------------
-    def noise_pairs(self, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(k, l, x_k, x_l, traj): grid pairs k < l drawn uniformly among all pairs of cached trajectories."""
-        traj = self._traj_batch(b)
-        dev, n = traj.device, len(traj)
+    def pair_indices(self, b: Batch) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
+        """(trajectory rows, k, l, fresh trajectories): grid pairs k < l, uniform over all pairs, a share
+        ``end_pairs`` of them (k, K); rows index the cache, or fresh trajectories are drawn (cache none)."""
+        dev = self.grid.device
+        if self.cache_mode() == "none":
+            rows, fresh = None, characteristics(self.v(), b.randn(*self.spec.shape), self.grid, self.cfg.solver)
+        else:
+            rows, fresh = b.randint(0, self.cfg.n_traj).cpu(), None
         a = b.randint(0, self.K + 1).to(dev)
         c = b.randint(0, self.K).to(dev)
         c = c + (c >= a).long()  # c != a, uniform over the other K indices
@@ -252,8 +268,21 @@ class Chargen(TeacherMixin, Method):
             end = (b.rand() < self.cfg.end_pairs).to(dev)
             k = torch.where(end, b.randint(0, self.K).to(dev), k)
             l = torch.where(end, torch.full_like(l, self.K), l)
-        ar = torch.arange(n, device=dev)
-        return k, l, traj[ar, k], traj[ar, l], traj
+        return rows, k, l, fresh
+
+    def noise_pairs(self, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(k, l, x_k, x_l) from this process's share of the batch; only the two states of each pair are read
+        from the cache (from disk: two positional reads per pair, never whole trajectories)."""
+        rows, k, l, fresh = self.pair_indices(b)
+        dev = k.device
+        if fresh is not None:
+            ar = torch.arange(len(fresh), device=dev)
+            return k, l, fresh[ar, k], fresh[ar, l]
+        if isinstance(self._traj, RowFile):
+            kl = torch.cat([k, l]).cpu().numpy()
+            states = torch.from_numpy(self._traj.read_items(np.concatenate([rows.numpy()] * 2), kl)).to(dev)
+            return k, l, states[: len(k)], states[len(k) :]
+        return k, l, self._traj[rows, k.cpu()].to(dev), self._traj[rows, l.cpu()].to(dev)
 
     @torch.no_grad()
     def data_pairs(self, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -279,7 +308,7 @@ class Chargen(TeacherMixin, Method):
     # -- losses ------------------------------------------------------------------------------------
     def pairwise_loss(self, b: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         if self.cfg.pairs_from == "noise":
-            k, l, xk, xl, _ = self.noise_pairs(b)
+            k, l, xk, xl = self.noise_pairs(b)
         else:
             k, l, xk, xl = self.data_pairs(b)
         gk, gl = self.grid[k], self.grid[l]

@@ -34,6 +34,8 @@ class UNetPreset:
 
 
 PRESETS: dict[str, UNetPreset] = {
+    # ~10k params; tests and memory benchmarks only (fast at any size, not a model)
+    "micro": UNetPreset(8, (1, 2), 1),
     # ~0.2M params; trains in minutes on a CPU on 8x8 digits
     "tiny": UNetPreset(32, (1, 2), 1),
     # ~2M params; CPU-friendly at 28/32 px (attention at the 7/8 px level)

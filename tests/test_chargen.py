@@ -89,10 +89,12 @@ def _batch(x, n: int = 0, seed: int = 0):
 def test_noise_pairs_come_from_teacher_trajectories():
     m = _chargen(euler_steps=6, n_traj=50)
     m._make_trajectories()
-    k, l, xk, xl, traj = m.noise_pairs(_batch(None, 200))
+    k, l, xk, xl = m.noise_pairs(_batch(None, 200))
     assert torch.all(k < l) and torch.all(l <= 6) and torch.all(k >= 0)
-    ar = torch.arange(200)
-    assert torch.equal(xk, traj[ar, k]) and torch.equal(xl, traj[ar, l])
+    rows, k2, l2, _ = m.pair_indices(_batch(None, 200))  # the same seeded draws
+    traj = m.trajectories()
+    assert torch.equal(k, k2) and torch.equal(l, l2)
+    assert torch.equal(xk, traj[rows, k]) and torch.equal(xl, traj[rows, l])
     # consecutive trajectory points are exactly one teacher Euler step apart
     v = m.v()
     step = traj[:, 0] + (m.grid[1] - m.grid[0]) * v(m.grid[0], traj[:, 0])
@@ -124,7 +126,11 @@ def test_disk_cache_equals_memory_cache(tmp_path):
     b = Chargen(cfg, SPEC, TrainConfig(batch_size=64), workdir=tmp_path)
     b._make_trajectories()
     assert (tmp_path / "trajectories-K4-m300.npy").exists()
-    assert torch.allclose(torch.as_tensor(np.array(b._traj)), a._traj, atol=1e-6)
+    assert torch.allclose(b.trajectories(), a.trajectories(), atol=1e-6)
+    # the fit reads the same pair states from the file as from memory (positional reads, no memory map)
+    pa, pb = a.noise_pairs(_batch(None, 500, seed=3)), b.noise_pairs(_batch(None, 500, seed=3))
+    for u, v in zip(pa, pb, strict=True):
+        assert torch.allclose(u.float(), v.float(), atol=1e-6)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "other-shape"])
@@ -145,7 +151,7 @@ def test_a_damaged_disk_cache_is_named_and_regenerated_exactly(tmp_path, damage)
     m2.load_state_dict(m.state_dict())
     with pytest.warns(UserWarning, match="unusable trajectory cache"):
         m2._ensure_trajectories(True)
-    assert np.array_equal(np.array(m2._traj), good)
+    assert np.array_equal(m2.trajectories().numpy(), good)
 
 
 def test_one_step_and_composition_nfe():
@@ -246,3 +252,20 @@ def test_smoke_run_and_teacher_reuse(bench_cli, tmp_path):
     assert code == 2 and "not found" in err
     assert len(bench_cli.records()) == n_before
     json.dumps(rec)  # the record is plain JSON
+
+
+def test_auto_cache_keeps_small_sets_in_memory_and_puts_large_ones_on_disk(tmp_path, monkeypatch):
+    import bench.methods.chargen as cg
+
+    m = _chargen(euler_steps=4, n_traj=100)
+    assert m.cfg.cache == "auto" and m.cache_mode() == "memory"
+    monkeypatch.setattr(cg, "MEMORY_CACHE_MAX", 100 * m._traj_bytes() - 1)
+    cfg = ChargenConfig(euler_steps=4, n_traj=100, chunk=1000)
+    cfg.teacher.flow.net = SMALL
+    d = Chargen(cfg, SPEC, TrainConfig(batch_size=16), workdir=tmp_path)
+    d.load_state_dict(m.state_dict())  # the same teacher
+    monkeypatch.setattr(cg, "CHUNK_BYTES", 7 * d._traj_bytes())  # chunks capped by bytes: 7 trajectories each
+    info = d._make_trajectories()
+    assert info["cache"] == "disk" and info["chunk"] == 7
+    m._make_trajectories()
+    assert torch.allclose(d.trajectories(), m.trajectories(), atol=1e-6)
