@@ -521,15 +521,25 @@ def list_(plugin: PluginOpt = None) -> None:
 
 @app.command()
 def study(
-    name: Annotated[str, typer.Argument(help="euler_steps, sample_size, intrinsic_dim, ambient_dim or all")],
+    name: Annotated[str, typer.Argument(help="euler_steps, sample_size, intrinsic_dim, ambient_dim, all, or budget")],
     seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0,1,2",
     values: Annotated[str | None, typer.Option(help="comma-separated values of the varied key")] = None,
+    dataset: Annotated[str, typer.Option(help="budget: the data set")] = "checkerboard",
+    scales: Annotated[
+        str, typer.Option(help="budget: comma-separated budget factors of the base recipes")
+    ] = "0.25,0.5,1",
+    methods: Annotated[str | None, typer.Option(help="budget: comma-separated subset of the one-step methods")] = None,
+    reuse: Annotated[
+        list[Path] | None, typer.Option(help="budget: results folder whose matching runs are reused")
+    ] = None,
+    smoke: SmokeOpt = False,
     set_: SetOpt = None,
     device: DeviceOpt = "auto",
     out_dir: OutOpt = Path("results"),
     runs_dir: RunsOpt = Path("runs"),
 ) -> None:
-    """Run one of the paper's checkable claims as a sweep; writes results/study/NAME.{json,md}."""
+    """Run one of the paper's checkable claims as a sweep (results/study/NAME.{json,md}), or `budget`: every
+    one-step method at several total training budgets (results/study/budget-DATA.{json,md} and a figure)."""
     import yaml
 
     from bench.runner import resolve_device
@@ -541,8 +551,24 @@ def study(
         vals = [yaml.safe_load(v) for v in values.split(",")] if values else None
     except ValueError:
         raise BenchError(f"--seeds must be comma-separated integers (got {seeds!r})") from None
-    names = list(STUDIES) if name == "all" else [name]
     dev = resolve_device(device)
+    if name == "budget":
+        if set_ or values:
+            raise BenchError("study budget takes no --set/--values: its recipes are fixed (see bench/budget.py)")
+        from bench.budget import render_budget, run_budget
+
+        try:
+            scale_list = [float(f) for f in scales.split(",") if f.strip()]
+        except ValueError:
+            raise BenchError(f"--scales must be comma-separated numbers (got {scales!r})") from None
+        meths = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+        with _progress() as p:
+            r = run_budget(dataset, scale_list, seed_list, out_dir, runs_dir, dev, meths, reuse or [], smoke, p)
+        out.print(render_budget(r))
+        return
+    if name != "all" and name not in STUDIES:
+        raise BenchError(f"unknown study {name!r}; valid: {', '.join(STUDIES)}, all, budget")
+    names = list(STUDIES) if name == "all" else [name]
     for n in names:
         with _progress() as p:
             r = run_study(n, seed_list, out_dir, runs_dir, dev, set_, vals, progress=p)

@@ -26,9 +26,9 @@ class BenchCLI:
         from bench.cli import main
 
         argv = ["bench", *args]
-        if dirs and args and args[0] in ("run", "eval"):
+        if dirs and args and args[0] in ("run", "eval", "study"):
             argv += ["--out", str(self.results)]
-        if dirs and args and args[0] in ("run", "train"):
+        if dirs and args and args[0] in ("run", "train", "study"):
             argv += ["--runs-dir", str(self.runs)]
         old = sys.argv
         sys.argv = argv

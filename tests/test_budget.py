@@ -1,0 +1,49 @@
+"""`bench study budget`: scaled recipes, one teacher per (scale, seed), reuse of finished runs, outputs."""
+
+from __future__ import annotations
+
+import json
+
+from bench.budget import budget_table, plan
+
+
+def test_plan_scales_every_step_count_and_the_teachers():
+    tsets, jobs = plan("points", 0.5)
+    assert tsets == ["train.steps=2000"]
+    by = {j.key: j for j in jobs}
+    assert set(by) == {"chargen", "consistency-cd", "reflow", "shortcut", "consistency-ct", "meanflow"}
+    assert "method.fit_steps=1500" in by["chargen"].sets and by["chargen"].teacher
+    assert {"method.reflow_steps=1500", "method.distill_steps=1500"} <= set(by["reflow"].sets)
+    assert "train.steps=3500" in by["shortcut"].sets and not by["shortcut"].teacher
+    assert "method.mode=ct" in by["consistency-ct"].sets and "method.fit_steps=3500" in by["consistency-ct"].sets
+
+
+def test_table_ranks_means_within_each_budget():
+    pts = [
+        {"scale": 1, "method": "a", "metric": "w2", "value": v, "passes": 10, "train_s": 1.0} for v in (0.3, 0.5)
+    ] + [{"scale": 1, "method": "b", "metric": "w2", "value": 0.2, "passes": 12, "train_s": 1.0}]
+    t = {r["method"]: r for r in budget_table(pts)}
+    assert t["b"]["rank"] == 1 and t["a"]["rank"] == 2 and t["a"]["n_seeds"] == 2
+    assert abs(t["a"]["mean"] - 0.4) < 1e-12 and t["a"]["std"] > 0
+
+
+def test_budget_study_smoke_runs_reuses_and_writes_figure(bench_cli):
+    args = ["study", "budget", "--dataset", "moons", "--scales", "0.5,1", "--seeds", "0", "--smoke"]
+    args += ["--methods", "chargen,shortcut", "--device", "cpu"]
+    code, stdout, err = bench_cli(*args)
+    assert code == 0, err
+    res = json.loads((bench_cli.results / "study" / "budget-moons.json").read_text())
+    pts = res["points"]
+    assert len(pts) == 4 and {p["method"] for p in pts} == {"chargen", "shortcut"}
+    by = {(p["method"], p["scale"]): p for p in pts}
+    for m in ("chargen", "shortcut"):  # twice the budget, about twice the passes (teacher included)
+        assert 1.6 < by[(m, 1.0)]["passes"] / by[(m, 0.5)]["passes"] <= 2.05
+    assert (bench_cli.results / "figures" / "moons" / "quality_vs_budget.png").stat().st_size > 1000
+    assert "| x1 | 1 |" in (bench_cli.results / "study" / "budget-moons.md").read_text()
+    n_records = len(list((bench_cli.results / "study" / "budget" / "moons" / "runs").glob("**/*.json")))
+    code, _, err = bench_cli(*args)  # everything is reused: no new run, same table
+    assert code == 0, err
+    assert len(list((bench_cli.results / "study" / "budget" / "moons" / "runs").glob("**/*.json"))) == n_records == 4
+    assert json.loads((bench_cli.results / "study" / "budget-moons.json").read_text())["table"] == res["table"]
+    code, _, err = bench_cli("study", "budget", "--dataset", "moons", "--methods", "nope", "--smoke")
+    assert code == 2 and "unknown method" in err
