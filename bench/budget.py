@@ -7,12 +7,14 @@ seed the teacher-based methods (chargen, consistency distillation, reflow) share
 scale; the others train from scratch. Quality is the method's NFE-1 row (W2 on points, FD_digits on digits),
 mean over the evaluation repeats; the table gives mean ± std over seeds at each budget and ranks the methods.
 
+Invocations accumulate: points of other scales or seeds already in ``budget-DATA.json`` are kept.
 Jobs already done are not rerun: a job is reused when a record (in the study's folder or a ``--reuse``
 folder) has the same method, data, seed, method/train/data config and teacher budget.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,18 @@ def run_budget(
                     rec, _ = evaluate_and_record(cfg, rid, wd, ds, m, state, device, study_dir, progress=progress)
                     pool.append(rec)
                 points.append(_point(rec, job.key, f))
+    out = Path(out_dir) / "study"
+    old = out / f"budget-{dataset}.json"
+    if old.is_file():  # earlier invocations' points (other scales or seeds) stay; this one's replace theirs
+        done = {(p["method"], p["scale"], p["seed"]) for p in points}
+        try:
+            prev = json.loads(old.read_text())
+        except (OSError, ValueError):
+            prev = {}
+        points = [p for p in prev.get("points", []) if (p["method"], p["scale"], p["seed"]) not in done] + points
+        recipes = {**prev.get("recipes", {}), **recipes}
+        scales = sorted({p["scale"] for p in points})
+        seeds = sorted({p["seed"] for p in points})
     result = {
         "study": "budget",
         "dataset": dataset,
@@ -202,7 +216,6 @@ def run_budget(
         "points": points,
         "table": budget_table(points),
     }
-    out = Path(out_dir) / "study"
     atomic_write_json(out / f"budget-{dataset}.json", result)
     atomic_write_text(out / f"budget-{dataset}.md", render_budget(result))
     fig = Path(out_dir) / "figures" / dataset / "quality_vs_budget.png"
@@ -285,10 +298,18 @@ def render_budget(r: dict) -> str:
         lines.append(f"- {scale}: " + "; ".join(f"{k}: `{' '.join(v)}`" for k, v in rec.items()))
     lines += [
         "",
-        f"Command: `bench study budget --dataset {r['dataset']} --scales "
-        f"{','.join(f'{f:g}' for f in r['scales'])} --seeds {','.join(map(str, r['seeds']))}`",
+        "Commands (add `--reuse results` to reuse matching runs of the leaderboard):",
         "",
     ]
+    groups: dict[tuple, list] = {}
+    for f in r["scales"]:
+        groups.setdefault(tuple(sorted({p["seed"] for p in r["points"] if p["scale"] == f})), []).append(f)
+    for seeds, fs in groups.items():
+        lines.append(
+            f"    bench study budget --dataset {r['dataset']} --scales {','.join(f'{f:g}' for f in fs)} "
+            f"--seeds {','.join(map(str, seeds))}"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
