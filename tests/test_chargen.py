@@ -269,3 +269,27 @@ def test_auto_cache_keeps_small_sets_in_memory_and_puts_large_ones_on_disk(tmp_p
     assert info["cache"] == "disk" and info["chunk"] == 7
     m._make_trajectories()
     assert torch.allclose(d.trajectories(), m.trajectories(), atol=1e-6)
+
+
+def test_fit_gap_compares_cached_and_fresh_trajectories(bench_cli):
+    from bench.fit_gap import fit_gap
+
+    sets = ["--set", "method.cache=disk", "--set", "method.n_traj=64", "--set", "method.fit_steps=20"]
+    code, _, err = bench_cli("train", "--method", "chargen", "--dataset", "moons", "--smoke", "--run-id", "g", *sets)
+    assert code == 0, err
+    res = fit_gap(bench_cli.runs / "g", n=16)
+    assert res["n_traj"] == 64 and res["K"] == 8
+    for key in ("online", "ema"):
+        assert res[f"{key}_cached_from_0"] >= 0 and res[f"{key}_fresh_from_0"] >= 0
+        assert res[f"{key}_fresh_over_cached_from_0"] > 0
+    # the "cached" set is regenerated exactly: the first rows of the run's own trajectory file
+    from bench.methods.chargen import TRAJ_SEED, characteristics
+
+    from bench.rowfile import RowFile
+    from bench.runner import load_run
+    from bench.sampling import seeded_noise
+
+    _, _, m, _ = load_run(bench_cli.runs / "g", torch.device("cpu"))
+    cached = RowFile.open(bench_cli.runs / "g" / "trajectories-K8-m64.npy").read_all()[:16]
+    again = characteristics(m.v(), seeded_noise((2,), range(TRAJ_SEED, TRAJ_SEED + 16)), m.grid, m.cfg.solver)
+    assert torch.allclose(again, torch.from_numpy(cached), atol=1e-6)
