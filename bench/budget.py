@@ -274,6 +274,31 @@ def budget_table(points: list[dict]) -> list[dict]:
     return out
 
 
+def equal_cost(table: list[dict], reference: str = "chargen") -> list[dict]:
+    """Each method's quality at the passes ``reference`` spent at each of its budgets: log-log interpolation
+    between the method's two measured budgets around that cost (None outside its measured range), and ranks."""
+    import math
+
+    methods = list(dict.fromkeys(t["method"] for t in table))
+    if reference not in methods:
+        reference = methods[0] if methods else reference
+    out = []
+    for target in sorted(t["passes"] for t in table if t["method"] == reference):
+        values: dict[str, float | None] = {}
+        for m in methods:
+            pts = sorted((t["passes"], t["mean"]) for t in table if t["method"] == m)
+            values[m] = None
+            for (p0, q0), (p1, q1) in zip(pts, pts[1:] or pts, strict=False):
+                if p0 <= target <= p1:
+                    w = 0.0 if p1 == p0 else (math.log(target) - math.log(p0)) / (math.log(p1) - math.log(p0))
+                    values[m] = math.exp((1 - w) * math.log(q0) + w * math.log(q1))
+                    break
+        order = sorted((v, m) for m, v in values.items() if v is not None)
+        ranks = {m: i for i, (_, m) in enumerate(order, 1)}
+        out.append({"reference": reference, "passes": target, "values": values, "ranks": ranks})
+    return out
+
+
 def render_budget(r: dict) -> str:
     metric = r["table"][0]["metric"] if r["table"] else "-"
     lines = [
@@ -289,10 +314,25 @@ def render_budget(r: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for t in sorted(r["table"], key=lambda t: (t["scale"], t["rank"])):
+        spread = f" ± {t['std']:.2g}" if t["n_seeds"] > 1 else ""  # no spread from one seed
         lines.append(
-            f"| x{t['scale']:g} | {t['rank']} | {t['method']} | {t['mean']:.4g} ± {t['std']:.2g} | {t['n_seeds']} | "
+            f"| x{t['scale']:g} | {t['rank']} | {t['method']} | {t['mean']:.4g}{spread} | {t['n_seeds']} | "
             f"{t['passes'] / 1e6:.2f} | {t['train_s']:.0f} |"
         )
+    eq = equal_cost(r["table"])
+    if eq:
+        ref = eq[0]["reference"]
+        lines += [
+            "",
+            f"At equal cost: each method's {metric} interpolated (log-log, between its two measured budgets around",
+            f"the target; never extrapolated: `-`) at the passes `{ref}` spent at each budget, ranked:",
+            "",
+            "| passes (M) | " + " | ".join(eq[0]["values"]) + " |",
+            "|---|" + "---|" * len(eq[0]["values"]),
+        ]
+        for e in eq:
+            cells = ["-" if v is None else f"{v:.4g} ({e['ranks'][k]})" for k, v in e["values"].items()]
+            lines.append(f"| {e['passes'] / 1e6:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "Recipes (the --set overrides of each job; the teacher's are `flow` overrides):", ""]
     for scale, rec in r["recipes"].items():
         lines.append(f"- {scale}: " + "; ".join(f"{k}: `{' '.join(v)}`" for k, v in rec.items()))

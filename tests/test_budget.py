@@ -47,3 +47,14 @@ def test_budget_study_smoke_runs_reuses_and_writes_figure(bench_cli):
     assert json.loads((bench_cli.results / "study" / "budget-moons.json").read_text())["table"] == res["table"]
     code, _, err = bench_cli("study", "budget", "--dataset", "moons", "--methods", "nope", "--smoke")
     assert code == 2 and "unknown method" in err
+
+
+def test_equal_cost_interpolates_log_log_and_never_extrapolates():
+    from bench.budget import equal_cost
+
+    t = [{"method": "chargen", "passes": p, "mean": q} for p, q in ((2.0, 0.3), (8.0, 0.2))]
+    t += [{"method": "b", "passes": p, "mean": q} for p, q in ((1.0, 1.0), (4.0, 0.25))]  # q = 1 / p
+    eq = equal_cost(t)
+    assert [e["passes"] for e in eq] == [2.0, 8.0]
+    assert abs(eq[0]["values"]["b"] - 0.5) < 1e-12 and eq[0]["ranks"] == {"chargen": 1, "b": 2}
+    assert eq[1]["values"]["b"] is None and eq[1]["ranks"] == {"chargen": 1}  # 8 is beyond b's budgets
