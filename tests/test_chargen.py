@@ -259,6 +259,7 @@ def test_auto_cache_keeps_small_sets_in_memory_and_puts_large_ones_on_disk(tmp_p
 
     m = _chargen(euler_steps=4, n_traj=100)
     assert m.cfg.cache == "auto" and m.cache_mode() == "memory"
+    m._make_trajectories()  # in memory, before the threshold is lowered below
     monkeypatch.setattr(cg, "MEMORY_CACHE_MAX", 100 * m._traj_bytes() - 1)
     cfg = ChargenConfig(euler_steps=4, n_traj=100, chunk=1000)
     cfg.teacher.flow.net = SMALL
@@ -267,7 +268,6 @@ def test_auto_cache_keeps_small_sets_in_memory_and_puts_large_ones_on_disk(tmp_p
     monkeypatch.setattr(cg, "CHUNK_BYTES", 7 * d._traj_bytes())  # chunks capped by bytes: 7 trajectories each
     info = d._make_trajectories()
     assert info["cache"] == "disk" and info["chunk"] == 7
-    m._make_trajectories()
     assert torch.allclose(d.trajectories(), m.trajectories(), atol=1e-6)
 
 
