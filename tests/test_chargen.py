@@ -9,6 +9,8 @@ from bench.methods.chargen import Chargen, ChargenConfig, CharNet, characteristi
 from bench.methods.flow import VelocityModel
 from bench.methods.interpolants import INTERPOLANTS, gaussian_flow
 from bench.methods.nets import NetConfig, TimeMLP
+from helpers import FnNet as _Exact
+from helpers import cpu_batch as _batch
 
 from bench.config import TrainConfig
 
@@ -36,15 +38,6 @@ def test_init_from_teacher_is_one_euler_step():
     x, t, s = torch.randn(8, 2), torch.rand(8) * 0.5, torch.rand(8) * 0.5 + 0.5
     v = m.v()(t, x)
     assert torch.allclose(m.g(t, s, x), x + (s - t)[:, None] * v, atol=1e-6)
-
-
-class _Exact(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, t, x):
-        return self.fn(t, x)
 
 
 def test_euler_characteristics_against_closed_form_flow():
@@ -77,13 +70,6 @@ def test_semigroup_penalty_vanishes_on_exact_flow_map_only():
         return x + ((s - t) ** 2)[:, None]
 
     assert float(semigroup_penalty(wrong, t, u, s, x)) > 1e-3
-
-
-def _batch(x, n: int = 0, seed: int = 0):
-    from bench.methods.base import Batch
-
-    n = n or len(x)
-    return Batch(x, n, 0, n, seed, torch.device("cpu"), 0)
 
 
 def test_noise_pairs_come_from_teacher_trajectories():

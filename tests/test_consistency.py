@@ -4,11 +4,13 @@ import math
 import pytest
 import torch
 from bench.datasets.base import DataSpec
-from bench.methods.base import Batch, EvalPoint
+from bench.methods.base import EvalPoint
 from bench.methods.chargen import grid_step
 from bench.methods.consistency import Consistency, ConsistencyConfig, cm_points, ict_points, karras_sigmas
 from bench.methods.interpolants import gaussian_flow
 from bench.methods.nets import NetConfig
+from helpers import FnNet as _Exact
+from helpers import cpu_batch as _batch
 
 from bench.config import TrainConfig
 
@@ -21,20 +23,6 @@ def _model(**kw) -> Consistency:
     cfg = ConsistencyConfig(**kw)
     cfg.teacher.flow.net = SMALL
     return Consistency(cfg, SPEC, TrainConfig(batch_size=64))
-
-
-def _batch(x, n: int = 0, seed: int = 0, step: int = 0) -> Batch:
-    n = n or len(x)
-    return Batch(x, n, 0, n, seed, torch.device("cpu"), step)
-
-
-class _Exact(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args):
-        return self.fn(*args)
 
 
 def _exact_map(flow_map):

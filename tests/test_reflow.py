@@ -3,11 +3,13 @@ import json
 import pytest
 import torch
 from bench.datasets.base import DataSpec
-from bench.methods.base import Batch, EvalPoint, Shard
+from bench.methods.base import EvalPoint, Shard
 from bench.methods.chargen import TRAJ_SEED
 from bench.methods.flow import sample_flow
 from bench.methods.nets import NetConfig
 from bench.methods.reflow import Reflow, ReflowConfig, couple
+from helpers import FnNet as _Exact
+from helpers import cpu_batch as _batch
 
 from bench.config import TrainConfig
 from bench.sampling import seeded_noise
@@ -21,19 +23,6 @@ def _model(**kw) -> Reflow:
     cfg = ReflowConfig(**kw)
     cfg.teacher.flow.net = SMALL
     return Reflow(cfg, SPEC, TrainConfig(batch_size=64))
-
-
-def _batch(n: int, seed: int = 0) -> Batch:
-    return Batch(None, n, 0, n, seed, torch.device("cpu"), 0)
-
-
-class _Exact(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args):
-        return self.fn(*args)
 
 
 class _Half(Shard):
@@ -93,10 +82,10 @@ def test_reflow_loss_is_zero_at_the_velocity_of_straight_couplings(a, c):
         return (a - 1) * (x - t * c) / (1 + (a - 1) * t) + c
 
     m.rf1.net = _Exact(v)
-    loss, _ = m.reflow_loss(1, _batch(256), 0)
+    loss, _ = m.reflow_loss(1, _batch(None, 256), 0)
     assert float(loss) < 1e-24
     m.rf1.net = _Exact(lambda t, x: v(t, x) + 0.05)
-    assert float(m.reflow_loss(1, _batch(256), 0)[0]) == pytest.approx(2 * 0.05**2)
+    assert float(m.reflow_loss(1, _batch(None, 256), 0)[0]) == pytest.approx(2 * 0.05**2)
 
 
 def test_networks_start_from_the_previous_flow_and_distil_its_euler_step():
@@ -134,7 +123,7 @@ def test_losses_decrease():
         opt = upd.build_optimizer(params)
         losses = []
         for i in range(60):
-            value, _ = upd.loss(_batch(64, seed=i), i)
+            value, _ = upd.loss(_batch(None, 64, seed=i), i)
             opt.zero_grad()
             value.backward()
             opt.step()

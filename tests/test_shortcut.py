@@ -11,6 +11,7 @@ from bench.methods.flow import Flow, FlowConfig
 from bench.methods.interpolants import gaussian_flow
 from bench.methods.nets import NetConfig
 from bench.methods.shortcut import Shortcut, ShortcutConfig, shortcut_target
+from helpers import cpu_batch as _batch
 from test_meanflow import gaussian_average_velocity, two_processes_match_one
 
 from bench.config import TrainConfig
@@ -30,11 +31,6 @@ def _one_thread():
 def _shortcut(**kw) -> Shortcut:
     torch.manual_seed(0)
     return Shortcut(ShortcutConfig(net=SMALL, **kw), SPEC, TrainConfig(batch_size=64))
-
-
-def _batch(x: torch.Tensor, seed: int = 0, lo: int = 0, hi: int | None = None) -> Batch:
-    hi = len(x) if hi is None else hi
-    return Batch(x, len(x), lo, hi, seed, torch.device("cpu"), 0)
 
 
 def test_zero_step_is_exactly_flow_matching():
