@@ -309,6 +309,7 @@ def render_budget(r: dict) -> str:
         "at NFE 1 (mean over evaluation repeats, then mean ± std over training seeds); cost: network passes",
         "during training (forward 1, backward 2, per sample; teacher included) and wall-clock (not comparable",
         "across runs made under different loads).",
+        "Device: " + ", ".join(sorted({p["device"] for p in r["points"]})) + ".",
         "",
         f"| budget | rank | method | {metric}, NFE 1 | seeds | passes (M) | train s |",
         "|---|---|---|---|---|---|---|",
