@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 from bench.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from bench.distributed import Dist
@@ -71,8 +72,10 @@ def network_modules(method: nn.Module) -> dict[str, nn.Module]:
 
 
 class PassCounter:
-    """Counts network passes over samples with forward hooks: each forward of a batch of B counts B,
-    and 2B more when its output carries a graph (the backward through it). No host sync: shapes only."""
+    """Counts network passes over samples with forward hooks: each forward of a batch of B counts B, B more
+    when it is a forward-mode JVP (its output is a dual tensor: the tangent is propagated alongside the primal,
+    about a forward's work), and 2B more when its output carries a graph (the backward through it).
+    No host sync: shapes only."""
 
     def __init__(self, method: nn.Module) -> None:
         self.total = 0
@@ -82,7 +85,8 @@ class PassCounter:
         first = next((a for a in args if isinstance(a, Tensor) and a.ndim > 0), None)
         n = first.shape[0] if first is not None else 1
         grad = isinstance(output, Tensor) and output.requires_grad
-        self.total += n * (3 if grad else 1)
+        dual = isinstance(output, Tensor) and forward_ad.unpack_dual(output).tangent is not None
+        self.total += n * (1 + dual + 2 * grad)
 
     def close(self) -> None:
         for h in self._handles:

@@ -187,9 +187,8 @@ class MeanFlow(FlowMapMethod):
             "network": "chargen's g(t, s, x) = x + (s - t) u(t, s, x), u = average velocity",
             "jvp": "torch.func.jvp, tangent (1, 0, v), under no_grad, separate from the graded forward of u",
             "pass_count": (
-                "per training sample and step the engine counts 4: 3 for the forward+backward of u and 1 for the "
-                "JVP call (its forward hook fires once). The JVP computes the primal and the tangent: measured at "
-                "about 4 plain forwards of wall-clock (MLP 256x3, batch 512, one CPU thread), so the count "
-                "understates the compute by about 3 forward-equivalents per sample and step (4 counted, ~7 done)"
+                "per training sample and step the engine counts 5: 3 for the forward+backward of u and 2 for the JVP "
+                "(primal and tangent: its output is a dual tensor). Wall-clock of one JVP call was measured at about "
+                "4 plain forwards (MLP 256x3, batch 512, one CPU thread): functorch's overhead, not counted as passes"
             ),
         }

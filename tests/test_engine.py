@@ -39,6 +39,29 @@ def test_fused_ema_equals_per_parameter_lerp():
             assert torch.equal(be, bo)
 
 
+def test_pass_counter_counts_forward_jvp_and_backward():
+    from bench.engine import PassCounter
+
+    class M(nn.Module):  # the counter hooks the networks a method holds
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(3, 3)
+
+    m, x = M(), torch.randn(4, 3)
+    pc = PassCounter(m)
+    with torch.no_grad():
+        m.net(x)  # plain forward: 1 per sample
+    assert pc.total == 4
+    m.net(x[:2]).sum().backward()  # forward with a graph and its backward: 3 per sample
+    assert pc.total == 4 + 6
+    with torch.no_grad():  # forward-mode JVP: primal and tangent, 2 per sample
+        torch.func.jvp(m.net, (x,), (torch.ones_like(x),))
+    assert pc.total == 4 + 6 + 8
+    pc.close()
+    m.net(x)
+    assert pc.total == 18
+
+
 def test_passes_counted_and_precision_recorded(bench_cli):
     sets = ["--set", "train.steps=20", "--set", "train.batch_size=32", "--set", "train.precision=bf16"]
     sets += ["--set", "eval.precision=bf16", "--set", "eval.nfe=[1,4]", "--set", "eval.solvers=[euler]"]
