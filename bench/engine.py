@@ -84,9 +84,11 @@ class PassCounter:
     def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         first = next((a for a in args if isinstance(a, Tensor) and a.ndim > 0), None)
         n = first.shape[0] if first is not None else 1
-        grad = isinstance(output, Tensor) and output.requires_grad
-        dual = isinstance(output, Tensor) and forward_ad.unpack_dual(output).tangent is not None
-        self.total += n * (1 + dual + 2 * grad)
+        if not isinstance(output, Tensor):
+            self.total += n
+            return
+        dual = forward_ad.unpack_dual(output).tangent is not None
+        self.total += n * (1 + dual + 2 * output.requires_grad)
 
     def close(self) -> None:
         for h in self._handles:
