@@ -18,6 +18,13 @@ def test_plan_scales_every_step_count_and_the_teachers():
     assert "method.mode=ct" in by["consistency-ct"].sets and "method.fit_steps=3500" in by["consistency-ct"].sets
 
 
+def test_image_reflow_solves_as_many_teacher_steps_as_chargen():
+    _, jobs = plan("image", 0.25)
+    by = {j.key: set(j.sets) for j in jobs}
+    assert {"method.n_traj=8192", "method.euler_steps=32", "method.solver=heun"} <= by["chargen"]
+    assert {"method.n_pairs=8192", "method.pair_steps=64"} <= by["reflow"]  # 32 Heun steps = 64 evaluations
+
+
 def test_table_ranks_means_within_each_budget():
     pts = [
         {"scale": 1, "method": "a", "metric": "w2", "value": v, "passes": 10, "train_s": 1.0} for v in (0.3, 0.5)
