@@ -49,6 +49,10 @@ class ChargenConfig:
     # | auto = memory up to MEMORY_CACHE_MAX bytes, else disk
     cache: Literal["auto", "memory", "disk", "none"] = "auto"
     chunk: int = 4096  # trajectories generated (and written to disk) per chunk, at most CHUNK_BYTES
+    # reuse the disk cache of a finished chargen run (id or folder) with the same teacher weights, grid and solver:
+    # its first n_traj trajectories (trajectory i is seeded by i, so they are the set this run would make) and
+    # their cost, pro rata; "" = generate them here
+    trajectories_from: str = ""
     loss: Literal["pairwise", "reference"] = "pairwise"  # paper's regression or the reference code's loss
     distance: Literal["l2", "lpips"] = "l2"  # reference loss distance; lpips needs local VGG weights
     end_pairs: float = 0.5  # share of pairs (k, K) ending at t = 1; 0 = pairs uniform over all k < l (paper)
@@ -84,6 +88,10 @@ class ChargenConfig:
             raise BenchError("method.lambda_sg and method.adaptive_max must be >= 0")
         if any(k < 1 for k in self.compose):
             raise BenchError(f"method.compose NFEs must be >= 1 (got {self.compose})")
+        if self.trajectories_from and (self.pairs_from != "noise" or self.cache not in ("auto", "disk")):
+            raise BenchError("method.trajectories_from needs pairs_from=noise and cache auto or disk")
+        if self.trajectories_from and not self.teacher.run:
+            raise BenchError("method.trajectories_from needs a reused teacher (method.teacher.run), to check it")
 
 
 class CharNet(nn.Module):
@@ -166,6 +174,7 @@ class Chargen(TeacherMixin, Method):
         grid = cfg.grid or uniform_grid(cfg.euler_steps)
         self.register_buffer("grid", torch.tensor(grid, dtype=torch.float32))
         self._traj: Tensor | RowFile | None = None
+        self._traj_src = resolve_trajectories(self, cfg.trajectories_from, workdir) if cfg.trajectories_from else None
 
     # -- helpers -----------------------------------------------------------------------------------
     @property
@@ -231,6 +240,9 @@ class Chargen(TeacherMixin, Method):
     def _ensure_trajectories(self, resumed: bool) -> None:
         if self.cfg.pairs_from != "noise" or self.cache_mode() == "none" or self._traj is not None:
             return
+        if self._traj_src is not None:  # rows are drawn below n_traj: only the first n_traj rows are read
+            self._traj = RowFile.open(self._traj_src["path"])
+            return
         path = self._traj_path()
         if self.cache_mode() == "disk" and path.exists():
             want = (self.cfg.n_traj, self.K + 1, *self.spec.shape)
@@ -249,7 +261,7 @@ class Chargen(TeacherMixin, Method):
     def trajectories(self) -> Tensor:
         """All cached trajectories (m, K+1, *shape) as one tensor (tests, small sets)."""
         t = self._traj
-        return torch.from_numpy(t.read_all()) if isinstance(t, RowFile) else t
+        return torch.from_numpy(t.read_all()[: self.cfg.n_traj]) if isinstance(t, RowFile) else t
 
     # -- pairs -------------------------------------------------------------------------------------
     def pair_indices(self, b: Batch) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
@@ -368,7 +380,7 @@ class Chargen(TeacherMixin, Method):
                 self.g_ema.load_state_dict(self.g.state_dict())
             self._ensure_trajectories(resumed)
 
-        if c.pairs_from == "noise" and c.cache != "none":
+        if c.pairs_from == "noise" and c.cache != "none" and self._traj_src is None:
             stages.append(Stage("trajectories", run=self._make_trajectories))
         loss = self.pairwise_loss if c.loss == "pairwise" else self.reference_loss
         fit = Update(("g",), loss, lr=c.fit_lr, batch_size=c.fit_batch, data=c.pairs_from == "data")
@@ -414,5 +426,57 @@ class Chargen(TeacherMixin, Method):
     def sampling_nets(self) -> tuple[str, ...]:
         return ("g_ema",)
 
+    def prior_cost(self) -> dict:
+        """The reused teacher's cost, plus the reused trajectories' (pro rata of the rows used)."""
+        prior, src = super().prior_cost(), self._traj_src
+        if src is None:
+            return prior
+        frac = self.cfg.n_traj / src["n_traj"]
+        walls = {**prior.get("wall_clock_s", {}), "trajectories": src["wall_s"] * frac}
+        passes = None if src["passes"] is None else round(src["passes"] * frac)
+        known = None if passes is None or prior.get("network_passes") is None else prior["network_passes"] + passes
+        what = f"{prior['what']}; the first {self.cfg.n_traj} of {src['n_traj']} trajectories of run {src['run']}"
+        return {"what": what, "wall_clock_s": walls, "network_passes": known}
+
     def record_extra(self) -> dict:
-        return {**self.teacher_extra(), "grid": [round(float(t), 6) for t in self.grid]}
+        out = {**self.teacher_extra(), "grid": [round(float(t), 6) for t in self.grid]}
+        if self._traj_src is not None:
+            src = self._traj_src
+            out["trajectories_from"] = {"run": src["run"], "rows": self.cfg.n_traj, "of": src["n_traj"]}
+        return out
+
+
+def resolve_trajectories(m: Chargen, ref: str, workdir) -> dict:
+    """Check that a finished chargen run's disk trajectories are the ones ``m`` would generate (same teacher
+    weights, grid and solver; at least n_traj of them) and return their file, count and cost."""
+    from bench.checkpoint import load_checkpoint
+
+    p = Path(ref)
+    cands = [p / "ckpt.pt", p] + ([Path(workdir).parent / ref / "ckpt.pt"] if workdir is not None else [])
+    ck_path = next((c for c in cands if c.is_file()), None)
+    if ck_path is None:
+        raise BenchError(f"trajectories run {ref!r} not found (looked for {', '.join(str(c) for c in cands)})")
+    ck = load_checkpoint(ck_path)
+    mc, ts = ck["config"]["method"], ck["train_state"]
+    info = ts.get("stage_info", {}).get("trajectories")
+    if mc.get("name") != "chargen" or info is None or info.get("cache") != "disk":
+        raise BenchError(f"{ck_path.parent}: no finished disk trajectory cache (a chargen run with cache=disk)")
+    state, name = ck["method_state"], ck_path.parent.name
+    if not torch.equal(state["grid"].to(m.grid), m.grid) or mc["solver"] != m.cfg.solver:
+        raise BenchError(f"trajectories of {name}: grid or solver differ from this run's")
+    mine = m.teacher.state_dict()
+    if any(f"teacher.{k}" not in state or not torch.equal(state[f"teacher.{k}"].to(v), v) for k, v in mine.items()):
+        raise BenchError(f"trajectories of {name} were made by another teacher than method.teacher.run")
+    n_src = int(info["n_traj"])
+    path = ck_path.parent / f"trajectories-K{m.K}-m{n_src}.npy"
+    want = (n_src, m.K + 1, *m.spec.shape)
+    try:
+        f = RowFile.open(path)
+        shape = f.shape
+        f.close()
+    except (OSError, ValueError, EOFError) as e:
+        raise BenchError(f"trajectories of {name}: {path} unreadable ({type(e).__name__})") from None
+    if shape != want or n_src < m.cfg.n_traj:
+        raise BenchError(f"trajectories of {name}: {path} holds {shape}; need {want} with n_traj <= {n_src}")
+    passes = (ts.get("passes") or {}).get("trajectories")
+    return {"run": name, "path": path, "n_traj": n_src, "wall_s": ts["wall_s"]["trajectories"], "passes": passes}

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,3 +280,50 @@ def test_fit_gap_compares_cached_and_fresh_trajectories(bench_cli):
     cached = RowFile.open(bench_cli.runs / "g" / "trajectories-K8-m64.npy").read_all()[:16]
     again = characteristics(m.v(), seeded_noise((2,), range(TRAJ_SEED, TRAJ_SEED + 16)), m.grid, m.cfg.solver)
     assert torch.allclose(again, torch.from_numpy(cached), atol=1e-6)
+
+
+def test_trajectories_from_reuses_a_runs_disk_cache_checks_it_and_charges_its_cost(bench_cli):
+    from bench.rowfile import RowFile
+    from bench.runner import load_run
+
+    smoke = ["--dataset", "moons", "--smoke"]
+    assert bench_cli("train", "--method", "flow", *smoke, "--run-id", "t")[0] == 0
+    assert bench_cli("train", "--method", "flow", *smoke, "--run-id", "t2", "--seed", "1")[0] == 0
+    teach = ["--set", f"method.teacher.run={bench_cli.runs / 't'}"]
+    src = [*teach, "--set", "method.cache=disk", "--set", "method.n_traj=64", "--set", "method.fit_steps=10"]
+    code, _, err = bench_cli("train", "--method", "chargen", *smoke, "--run-id", "a", *src)
+    assert code == 0, err
+    a = bench_cli.runs / "a"
+    reuse = [*teach, "--set", f"method.trajectories_from={a}", "--set", "method.n_traj=32"]
+    code, _, err = bench_cli("run", "--method", "chargen", *smoke, *reuse, "--set", "method.lambda_sg=0")
+    assert code == 0, err
+    (rec,) = bench_cli.records()
+    cost = rec["train"]["cost"]
+    assert "trajectories" not in cost["network_passes_by_stage"] and "fit" in cost["network_passes_by_stage"]
+    assert (
+        "reused: trajectories" in cost["wall_clock_s"]
+        and "first 32 of 64 trajectories of run a" in cost["reused"]["what"]
+    )
+    ck_a = torch.load(a / "ckpt.pt", weights_only=True)["train_state"]["passes"]
+    ck_t = torch.load(bench_cli.runs / "t" / "ckpt.pt", weights_only=True)["train_state"]["passes"]
+    assert cost["reused"]["network_passes"] == sum(ck_t.values()) + ck_a["trajectories"] // 2
+    assert cost["network_passes"] == cost["reused"]["network_passes"] + cost["network_passes_by_stage"]["fit"]
+    assert rec["extra"]["trajectories_from"] == {"run": "a", "rows": 32, "of": 64}
+    _, _, m, _ = load_run(Path(rec["workdir"]), torch.device("cpu"))
+    m._ensure_trajectories(True)
+    first = RowFile.open(a / "trajectories-K8-m64.npy").read_all()[:32]
+    assert torch.equal(m.trajectories(), torch.from_numpy(first))
+
+    n_records = len(bench_cli.records())
+    bad = [  # (overrides, message): each exits 2 without a record
+        (["--set", f"method.trajectories_from={a}", "--set", "method.n_traj=32"], "needs a reused teacher"),
+        ([*reuse[:2], "--set", f"method.trajectories_from={bench_cli.runs / 't'}"], "no finished disk trajectory"),
+        ([*reuse, "--set", "method.n_traj=65"], "n_traj <= 64"),
+        ([*reuse, "--set", "method.solver=heun"], "grid or solver differ"),
+        (["--set", f"method.teacher.run={bench_cli.runs / 't2'}", *reuse[2:]], "another teacher"),
+        ([*reuse, "--set", "method.cache=memory"], "cache auto or disk"),
+    ]
+    for sets, msg in bad:
+        code, _, err = bench_cli("run", "--method", "chargen", *smoke, *sets)
+        assert code == 2 and msg in err, (sets, err)
+    assert len(bench_cli.records()) == n_records
