@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import leaderboard
+from bench.errors import BenchError
 
 
 def test_smoke_run_writes_record_and_leaderboard(bench_cli):
@@ -385,3 +386,33 @@ def test_third_party_method_via_entry_point_is_listed(tmp_path):
     assert r.returncode == 0, r.stderr
     rec = json.loads(next((tmp_path / "res" / "runs" / "moons").glob("*.json")).read_text())
     assert rec["method"] == "moment-gauss" and rec["rows"][0]["metrics"]["w2"]["mean"] < 1.0
+
+
+def test_a_run_saved_before_a_defaulted_option_existed_still_loads_and_resumes(bench_cli):
+    """Configs are compared resolved against today's defaults: a key the older code did not have (its default
+    is what that code did) does not orphan the run; a different value of a real option is still refused."""
+    import torch
+    import yaml
+
+    from bench.checkpoint import save_checkpoint
+    from bench.runner import load_run
+
+    sets = ["--set", "method.cache=disk", "--set", "method.n_traj=64", "--set", "method.fit_steps=10"]
+    code, _, err = bench_cli("train", "--method", "chargen", "--dataset", "moons", "--smoke", "--run-id", "old", *sets)
+    assert code == 0, err
+    run = bench_cli.runs / "old"
+    ck = torch.load(run / "ckpt.pt", weights_only=True)
+    del ck["config"]["method"]["trajectories_from"]  # as written before the option existed
+    save_checkpoint(run / "ckpt.pt", ck)
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    del raw["method"]["trajectories_from"]
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    load_run(run, torch.device("cpu"))  # no "trained with another config"
+    code, _, err = bench_cli(
+        "train", "--method", "chargen", "--dataset", "moons", "--smoke", "--run-id", "old", "--resume", *sets
+    )
+    assert code == 0, err
+    ck["config"]["method"]["fit_lr"] = 0.5  # a real difference
+    save_checkpoint(run / "ckpt.pt", ck)
+    with pytest.raises(BenchError, match="another config"):
+        load_run(run, torch.device("cpu"))
