@@ -23,7 +23,7 @@ from bench.methods.base import Batch, EvalPoint, Method, Shard, Stage, Update, e
 from bench.methods.flow import VelocityModel, flow_eval_points, sample_flow
 from bench.methods.interpolants import uniform_grid
 from bench.methods.nets import NetConfig, build_net
-from bench.methods.teacher import TeacherConfig, TeacherMixin
+from bench.methods.teacher import TeacherConfig, TeacherMixin, find_run_checkpoint
 from torch import Tensor, nn
 
 from bench.errors import BenchError
@@ -245,13 +245,8 @@ class Chargen(TeacherMixin, Method):
             return
         path = self._traj_path()
         if self.cache_mode() == "disk" and path.exists():
-            want = (self.cfg.n_traj, self.K + 1, *self.spec.shape)
-            try:
-                traj = RowFile.open(path)
-                bad = None if traj.shape == want and traj.dtype == np.float32 else f"shape {traj.shape}, not {want}"
-            except (OSError, ValueError, EOFError) as e:
-                bad = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-            if bad is None:
+            traj, bad = open_trajectories(path, (self.cfg.n_traj, self.K + 1, *self.spec.shape))
+            if traj is not None:
                 self._traj = traj
                 return
             # the trajectories are seeded: regenerating them gives exactly the set the run was fitting to
@@ -446,16 +441,24 @@ class Chargen(TeacherMixin, Method):
         return out
 
 
+def open_trajectories(path: Path, want: tuple[int, ...]) -> tuple[RowFile | None, str]:
+    """(the trajectory file, "") when it opens with shape ``want`` in float32, else (None, why not)."""
+    try:
+        f = RowFile.open(path)
+    except (OSError, ValueError, EOFError) as e:
+        return None, str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    if f.shape == want and f.dtype == np.float32:
+        return f, ""
+    f.close()
+    return None, f"shape {f.shape}, not {want}"
+
+
 def resolve_trajectories(m: Chargen, ref: str, workdir) -> dict:
     """Check that a finished chargen run's disk trajectories are the ones ``m`` would generate (same teacher
     weights, grid and solver; at least n_traj of them) and return their file, count and cost."""
     from bench.checkpoint import load_checkpoint
 
-    p = Path(ref)
-    cands = [p / "ckpt.pt", p] + ([Path(workdir).parent / ref / "ckpt.pt"] if workdir is not None else [])
-    ck_path = next((c for c in cands if c.is_file()), None)
-    if ck_path is None:
-        raise BenchError(f"trajectories run {ref!r} not found (looked for {', '.join(str(c) for c in cands)})")
+    ck_path = find_run_checkpoint(ref, workdir, "trajectories")
     ck = load_checkpoint(ck_path)
     mc, ts = ck["config"]["method"], ck["train_state"]
     info = ts.get("stage_info", {}).get("trajectories")
@@ -468,15 +471,12 @@ def resolve_trajectories(m: Chargen, ref: str, workdir) -> dict:
     if any(f"teacher.{k}" not in state or not torch.equal(state[f"teacher.{k}"].to(v), v) for k, v in mine.items()):
         raise BenchError(f"trajectories of {name} were made by another teacher than method.teacher.run")
     n_src = int(info["n_traj"])
+    if n_src < m.cfg.n_traj:
+        raise BenchError(f"trajectories of {name}: {n_src} of them; need n_traj <= {n_src}")
     path = ck_path.parent / f"trajectories-K{m.K}-m{n_src}.npy"
-    want = (n_src, m.K + 1, *m.spec.shape)
-    try:
-        f = RowFile.open(path)
-        shape = f.shape
-        f.close()
-    except (OSError, ValueError, EOFError) as e:
-        raise BenchError(f"trajectories of {name}: {path} unreadable ({type(e).__name__})") from None
-    if shape != want or n_src < m.cfg.n_traj:
-        raise BenchError(f"trajectories of {name}: {path} holds {shape}; need {want} with n_traj <= {n_src}")
+    f, bad = open_trajectories(path, (n_src, m.K + 1, *m.spec.shape))
+    if f is None:
+        raise BenchError(f"trajectories of {name}: {path} unusable ({bad})")
+    f.close()
     passes = (ts.get("passes") or {}).get("trajectories")
     return {"run": name, "path": path, "n_traj": n_src, "wall_s": ts["wall_s"]["trajectories"], "passes": passes}

@@ -83,13 +83,7 @@ def resolve_teacher(ref: str, spec, workdir) -> tuple[str, FlowConfig, dict]:
     from bench.checkpoint import load_checkpoint
     from bench.config import from_dict
 
-    p = Path(ref)
-    candidates = [p, p / "ckpt.pt"]
-    if workdir is not None:
-        candidates += [Path(workdir).parent / ref / "ckpt.pt"]
-    ck_path = next((c for c in candidates if c.is_file()), None)
-    if ck_path is None:
-        raise BenchError(f"teacher run {ref!r} not found (looked for {', '.join(str(c) for c in candidates)})")
+    ck_path = find_run_checkpoint(ref, workdir, "teacher")
     ck = load_checkpoint(ck_path)
     cfg = ck["config"]
     kind = cfg["method"]["name"]
@@ -120,6 +114,18 @@ def resolve_teacher(ref: str, spec, workdir) -> tuple[str, FlowConfig, dict]:
         "passes": {"teacher": _first(ck["train_state"].get("passes") or {}, ("teacher", "train"))},
     }
     return ck_path.parent.name, tcfg, ck
+
+
+def find_run_checkpoint(ref: str, workdir, what: str) -> Path:
+    """The ckpt.pt of a finished run given as ckpt.pt, run folder, or run id beside this run's folder."""
+    p = Path(ref)
+    candidates = [p, p / "ckpt.pt"]
+    if workdir is not None:
+        candidates += [Path(workdir).parent / ref / "ckpt.pt"]
+    ck_path = next((c for c in candidates if c.is_file()), None)
+    if ck_path is None:
+        raise BenchError(f"{what} run {ref!r} not found (looked for {', '.join(str(c) for c in candidates)})")
+    return ck_path
 
 
 def _first(d: dict, keys: tuple[str, ...]):
