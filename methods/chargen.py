@@ -22,7 +22,7 @@ import torch
 from bench.methods.base import Batch, EvalPoint, Method, Shard, Stage, Update, ema_copy
 from bench.methods.flow import VelocityModel, flow_eval_points, sample_flow
 from bench.methods.interpolants import uniform_grid
-from bench.methods.nets import NetConfig, build_net
+from bench.methods.nets import NetConfig, build_net, can_start_from
 from bench.methods.teacher import TeacherConfig, TeacherMixin, find_run_checkpoint
 from torch import Tensor, nn
 
@@ -39,7 +39,7 @@ CHUNK_BYTES = 256 << 20  # trajectories generated per chunk are capped at this m
 @dataclass
 class ChargenConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    net: NetConfig | None = None  # network of u(t, s, x); None = the teacher's (needed for init_from_teacher)
+    net: NetConfig | None = None  # network of u(t, s, x); None = the teacher's (init_from_teacher: or a wider U-Net)
     euler_steps: int = 40  # K: Euler steps (checkerboard: K=20 leaves W2 at 1.9x teacher@128; 40 and 100: 1.04x)
     grid: list[float] = field(default_factory=list)  # custom grid 0 = t_0 < ... < t_K = 1; empty = uniform
     solver: Literal["euler", "heun", "ei"] = "euler"  # teacher step along the grid (ei = exponential integrator)
@@ -165,8 +165,11 @@ class Chargen(TeacherMixin, Method):
         tcfg = self.teacher_cfg
         net_cfg = cfg.net or tcfg.net
         if cfg.init_from_teacher:
-            if net_cfg != tcfg.net:
-                raise BenchError("method.init_from_teacher needs method.net equal to the teacher's net (or unset)")
+            if not can_start_from(spec, net_cfg, tcfg.net):
+                raise BenchError(
+                    "method.init_from_teacher needs method.net equal to the teacher's net (or unset), or on images "
+                    "the teacher's U-Net preset at a multiple of its width (tiny -> tiny-wide)"
+                )
             if tcfg.predict != "velocity":
                 raise BenchError("method.init_from_teacher needs a velocity-parameterised teacher (predict=velocity)")
         self.g = CharNet(build_net(spec, net_cfg, n_times=2))

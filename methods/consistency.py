@@ -45,7 +45,7 @@ import torch
 from bench.methods.base import Batch, EvalPoint, Method, Stage, Update, ema_copy, ema_update
 from bench.methods.chargen import CharNet, grid_step
 from bench.methods.interpolants import _bc
-from bench.methods.nets import NetConfig, build_net
+from bench.methods.nets import NetConfig, build_net, can_start_from
 from bench.methods.teacher import TeacherConfig, TeacherMixin
 from torch import Tensor, nn
 
@@ -150,10 +150,11 @@ class Consistency(TeacherMixin, Method):
         self.init_from_teacher = cfg.init == "teacher" or (cfg.init == "auto" and self.has_teacher())
         net_cfg = cfg.net or (self.teacher_cfg.net if self.has_teacher() else cfg.teacher.flow.net)
         if self.init_from_teacher:
-            if net_cfg != self.teacher_cfg.net:
+            if not can_start_from(spec, net_cfg, self.teacher_cfg.net):
                 raise BenchError(
                     "starting from the teacher (method.init=auto|teacher) needs method.net equal to the teacher's "
-                    "net (or unset); or set method.init=scratch"
+                    "net (or unset), or on images its U-Net preset at a multiple of its width; "
+                    "or set method.init=scratch"
                 )
             if self.teacher_cfg.predict != "velocity":
                 raise BenchError(

@@ -78,7 +78,9 @@ def count_params(module: nn.Module) -> int:
 class NetConfig:
     hidden: int = 256  # MLP width (points)
     depth: int = 3  # MLP hidden layers (points)
-    unet: str = "auto"  # U-Net preset for images: auto (tiny up to 16 px, else small), tiny, small, mnist, cifar10
+    unet: str = (
+        "auto"  # U-Net preset for images: auto (tiny up to 16 px, else small), tiny, tiny-wide, small, mnist, cifar10
+    )
 
     def validate(self) -> None:
         if self.hidden < 1 or self.depth < 0:
@@ -92,3 +94,16 @@ def build_net(spec, cfg: NetConfig, n_times: int = 1) -> nn.Module:
     from bench.methods.unet import build_unet
 
     return build_unet(spec, cfg.unet, n_times)
+
+
+def can_start_from(spec, student: NetConfig, teacher: NetConfig) -> bool:
+    """Whether a student with net ``student`` can start as an exact copy of a teacher with net ``teacher``:
+    the same net, or on images the teacher's U-Net preset at an integer multiple of its width."""
+    if student == teacher:
+        return True
+    if spec.kind == "points":
+        return False
+    from bench.methods.unet import PRESETS, resolve_preset, widening
+
+    s, t = resolve_preset(spec, student.unet), resolve_preset(spec, teacher.unet)
+    return s in PRESETS and t in PRESETS and widening(PRESETS[s], PRESETS[t]) >= 1

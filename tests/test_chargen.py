@@ -41,6 +41,33 @@ def test_init_from_teacher_is_one_euler_step():
     assert torch.allclose(m.g(t, s, x), x + (s - t)[:, None] * v, atol=1e-6)
 
 
+def test_a_wider_image_student_starts_as_its_narrow_teacher_and_a_mismatched_one_is_refused():
+    """method.net.unet=tiny-wide under a `tiny` teacher: g(t, s, x) = x + (s - t) v(t, x) at initialisation."""
+    from bench.errors import BenchError
+
+    spec = DataSpec("img", "image", (1, 8, 8), False)
+
+    def make(unet: str) -> Chargen:
+        torch.manual_seed(0)
+        cfg = ChargenConfig(euler_steps=2, n_traj=8, net=NetConfig(unet=unet))
+        return Chargen(cfg, spec, TrainConfig(batch_size=8))
+
+    m = make("tiny-wide")
+    with torch.no_grad():  # a 'trained' teacher
+        for p in m.teacher.ema.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    m.stages()[-1].setup(False)
+    m.eval()
+    x, t, s = torch.randn(4, 1, 8, 8), torch.rand(4) * 0.5, torch.rand(4) * 0.5 + 0.5
+    with torch.no_grad():
+        want = x + (s - t)[:, None, None, None] * m.v()(t, x)
+        torch.testing.assert_close(m.g(t, s, x), want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m.g_ema(t, s, x), want, rtol=1e-4, atol=1e-5)
+    assert sum(p.numel() for p in m.g.parameters()) > 3.5 * sum(p.numel() for p in m.teacher.ema.parameters())
+    with pytest.raises(BenchError, match="multiple of its width"):
+        make("small")
+
+
 def test_euler_characteristics_against_closed_form_flow():
     """Gaussian data under the linear interpolant: Euler trajectories converge to the exact flow map at order 1."""
     mean, std = torch.tensor([1.5, -0.5], dtype=torch.float64), 0.4

@@ -7,7 +7,7 @@ import pytest
 import torch
 from bench.datasets.base import DataSpec
 from bench.methods.nets import NetConfig, build_net, count_params
-from bench.methods.unet import PRESETS, UNet, build_unet
+from bench.methods.unet import PRESETS, UNet, UNetPreset, build_unet, widening
 from PIL import Image
 
 from bench.errors import BenchError
@@ -73,16 +73,75 @@ def test_two_time_net_from_one_time_net_is_exact_at_init():
         build_unet(spec(1, 8, 8), "small", 2).load_from_single_time(one)
 
 
+def _trained(net: UNet) -> UNet:
+    with torch.no_grad():  # a 'trained' teacher: no near-zero layers left
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return net.eval()
+
+
+@pytest.mark.parametrize(
+    ("narrow", "k", "shape"),
+    [
+        (UNetPreset(32, (1, 2), 1), 2, (1, 8, 8)),  # tiny -> tiny-wide
+        (UNetPreset(8, (1, 2), 1, attn=(4,), n_freq=16), 2, (1, 8, 8)),  # attention, decoder concatenations
+        (UNetPreset(8, (1, 2, 2), 2, attn=(7,), n_freq=16), 3, (3, 7, 7)),  # odd size (padding), k = 3
+    ],
+    ids=["tiny", "attention", "k3-padded"],
+)
+def test_a_wider_net_starts_as_an_exact_copy_of_its_narrow_teacher(narrow, k, shape):
+    """Net2WiderNet oracle: the k-times wider two-time net equals the one-time teacher at initialisation for
+    any (t, s, x); the copies of a channel get different weight shares, so training can tell them apart."""
+    torch.manual_seed(0)
+    n_freq, groups = narrow.n_freq or 16, 32 * k
+    wide = UNetPreset(narrow.channels * k, narrow.mults, narrow.blocks, narrow.attn, n_freq=n_freq, max_groups=groups)
+    assert widening(wide, narrow) == k and widening(narrow, wide) == 0 and widening(narrow, narrow) == 1
+    one = _trained(UNet(shape[0], narrow, 1, side=shape[1]))
+    two = UNet(shape[0], wide, 2, side=shape[1])
+    two.load_from_single_time(one)
+    two.eval()
+    x, t, s = torch.randn(5, *shape), torch.rand(5), torch.rand(5)
+    y1 = one(t, x)
+    assert y1.abs().mean() > 1e-2
+    torch.testing.assert_close(two(t, s, x), y1, rtol=1e-4, atol=1e-5)
+    c = narrow.channels
+    w = two.out.weight.detach()  # reads the last k x c replicated channels
+    assert not torch.allclose(w[:, :c], w[:, c : 2 * c])
+    torch.testing.assert_close(sum(w[:, i * c : (i + 1) * c] for i in range(k)), one.out.weight, rtol=1e-5, atol=1e-7)
+    # replicated channels diverge after one gradient step
+    two.train()
+    opt = torch.optim.SGD(two.parameters(), lr=0.1)
+    two(t, s, x).square().sum().backward()
+    opt.step()
+    w0 = two.inp.weight.detach()
+    assert not torch.allclose(w0[:c], w0[c : 2 * c])
+
+
+def test_tiny_wide_is_tiny_at_twice_the_width_and_other_pairs_are_refused():
+    assert widening(PRESETS["tiny-wide"], PRESETS["tiny"]) == 2
+    assert widening(PRESETS["small"], PRESETS["tiny"]) == 0  # more levels, blocks, attention
+    assert widening(UNetPreset(64, (1, 2), 1, max_groups=64), PRESETS["tiny"]) == 0  # other time features
+    # 32 GroupNorm groups at most in both: at 256 channels a group would mix two groups of the teacher's
+    assert widening(UNetPreset(64, (1, 2), 1, n_freq=16), PRESETS["tiny"]) == 0
+    one = build_unet(spec(1, 8, 8), "tiny", 1)
+    for other in ("small", "tiny"):  # a different net; a narrower student
+        with pytest.raises(ValueError, match="incompatible"):
+            build_unet(spec(1, 8, 8), other, 2).load_from_single_time(build_unet(spec(1, 8, 8), "tiny-wide", 1))
+    with pytest.raises(ValueError, match="incompatible"):
+        build_unet(spec(1, 8, 8), "small", 2).load_from_single_time(one)
+
+
 # parameter counts (recorded in the test ids); the EDM DDPM++ CIFAR-10 net (mults [2,2,2]) has 55.7M
 @pytest.mark.parametrize(
     ("preset", "shape", "expected"),
     [
         ("tiny", (1, 8, 8), 715_201),
+        ("tiny-wide", (1, 8, 8), 2_841_473),
         ("small", (1, 28, 28), 1_786_529),
         ("mnist", (1, 28, 28), 2_656_353),
         ("cifar10", (3, 32, 32), 62_859_139),
     ],
-    ids=["tiny-0.72M", "small-1.79M", "mnist-2.66M", "cifar10-62.9M"],
+    ids=["tiny-0.72M", "tiny-wide-2.84M", "small-1.79M", "mnist-2.66M", "cifar10-62.9M"],
 )
 def test_preset_parameter_counts(preset, shape, expected):
     net = build_unet(spec(*shape), preset, 1)
