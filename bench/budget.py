@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from bench.checkpoint import atomic_write_json, atomic_write_text
+from bench.config import resolved_config
 from bench.errors import BenchError
 from bench.stats import mean_std
 
@@ -133,9 +134,7 @@ def _matches(rec: dict, cfg: dict, seed: int, teacher_passes: int | None) -> boo
     if rec["dataset"] != cfg["data"]["name"]:
         return False
     reused = (rec["train"].get("cost") or {}).get("reused") or {}
-    got = dict(rec["config"])
-    got["train"] = {**cfg["train"], **rec["config"]["train"]}  # keys added since the record took their defaults
-    got["method"] = {**cfg["method"], **rec["config"]["method"]}
+    got = resolved_config(rec["config"])  # keys added since the record (nested ones too) take their defaults
     return _signature(got, reused.get("network_passes")) == _signature(cfg, teacher_passes)
 
 

@@ -299,5 +299,17 @@ def run_config_dict(cfg: RunConfig) -> dict:
     return d
 
 
+def resolved_config(raw: dict) -> dict:
+    """A saved config (a record's, a checkpoint's) resolved against this version's defaults, so that a run
+    saved before a defaulted option existed compares equal to one saved after (the default is what the older
+    code did); one this version cannot read (an unknown method or key) comes back as saved."""
+    from bench.runner import load_builtins
+
+    with contextlib.suppress(BenchError):
+        load_builtins()
+        return run_config_dict(build_run_config(raw))
+    return raw
+
+
 def replace(obj: Any, **changes: Any) -> Any:
     return dataclasses.replace(obj, **changes)

@@ -43,13 +43,10 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 def _training_part(config: dict) -> dict:
     """The config minus its evaluation section (which never changes what is trained), resolved against this
-    version's defaults: a checkpoint saved before a defaulted option existed still matches (the default is
-    what the older code did); one this version cannot read at all is compared as saved."""
-    from bench.config import build_run_config, run_config_dict
+    version's defaults (:func:`bench.config.resolved_config`)."""
+    from bench.config import resolved_config
 
-    with contextlib.suppress(BenchError):
-        config = run_config_dict(build_run_config(config))
-    return {k: v for k, v in config.items() if k != "eval"}
+    return {k: v for k, v in resolved_config(config).items() if k != "eval"}
 
 
 def _rng_state(data_gen: torch.Generator) -> dict:

@@ -38,7 +38,11 @@ class Rendered(NamedTuple):
 
 
 def _config_key(rec: dict) -> str:
-    cfg = {k: v for k, v in rec["config"].items() if k not in _DROP_FROM_KEY}
+    """Hash of the record's config resolved against today's defaults: runs saved before and after an option
+    with a default was added share their row."""
+    from bench.config import resolved_config
+
+    cfg = {k: v for k, v in resolved_config(rec["config"]).items() if k not in _DROP_FROM_KEY}
     if isinstance(cfg.get("eval"), dict):
         cfg["eval"] = {k: v for k, v in cfg["eval"].items() if k not in _EVAL_SELECTION}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
@@ -308,8 +312,9 @@ def render_markdown(tables: list[dict], skipped: list[tuple[str, str]] = ()) -> 
         "in the same process (comparable across devices). Train: training wall-clock the row's samples needed",
         "(mean over seeds): a student's includes its teacher's, a `(teacher)` row counts the teacher alone;",
         "train passes: network passes over samples in training (forward 1, backward 2, teacher included).",
-        "Rows are grouped by device, then method and config (hash of the resolved config without the seed and",
-        "the eval row selection, shown after the method when one method has several).",
+        "Rows are grouped by device, then method and config (hash of the config resolved against the current",
+        "defaults, without the seed and the eval row selection, shown after the method when one method has",
+        "several).",
         "",
     ]
     for t in tables:

@@ -25,6 +25,22 @@ def test_image_reflow_solves_as_many_teacher_steps_as_chargen():
     assert {"method.n_pairs=8192", "method.pair_steps=64"} <= by["reflow"]  # 32 Heun steps = 64 evaluations
 
 
+def test_a_record_lacking_a_nested_defaulted_key_is_reused():
+    """Reuse compares configs resolved against today's defaults, nested sections included (method.net)."""
+    from bench.budget import _matches
+    from bench.config import run_config_dict
+    from bench.runner import resolve_config
+
+    want = run_config_dict(resolve_config("shortcut", "moons", sets=["train.steps=70"], seed=0))
+    saved = json.loads(json.dumps(want))
+    del saved["method"]["net"]["depth"], saved["train"]["grad_clip"], saved["method"]["nfe"]
+    rec = {"status": "ok", "seed": 0, "dataset": "moons", "config": saved, "train": {"cost": {}}}
+    assert _matches(rec, want, 0, None)
+    saved["method"]["net"]["hidden"] += 1
+    assert not _matches(rec, want, 0, None)
+    assert not _matches({**rec, "seed": 1}, want, 0, None)
+
+
 def test_table_ranks_means_within_each_budget():
     pts = [
         {"scale": 1, "method": "a", "metric": "w2", "value": v, "passes": 10, "train_s": 1.0} for v in (0.3, 0.5)

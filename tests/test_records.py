@@ -395,6 +395,26 @@ def test_a_reevaluated_run_keeps_its_config_group(tmp_path):
     assert row["seeds"] == 2
 
 
+def test_runs_saved_before_a_defaulted_option_existed_share_the_row_of_later_runs(tmp_path):
+    """A record lacking keys added since (top-level or nested) is hashed with their defaults, so a method's
+    seeds recorded on both sides of such a change stay one row (it used to split 2 + 1 seeds); a changed value
+    still makes another row."""
+    from bench.methods.nets import NetConfig
+
+    from bench.config import TrainConfig
+
+    old = _record("old", [_row(4)], seed=0)
+    new = _record("new", [_row(4)], seed=1)
+    new["config"]["train"]["grad_clip"] = TrainConfig().grad_clip
+    new["config"]["method"]["net"] = {"hidden": NetConfig().hidden}  # nested, partial
+    other = _record("other", [_row(4)], seed=2)
+    other["config"]["method"]["net"] = {"hidden": NetConfig().hidden + 1}
+    for r in (old, new, other):
+        write_record(tmp_path, r)
+    ((a, b),) = [t["rows"] for t in build_tables(load_records(tmp_path))]
+    assert sorted((r["seeds"], tuple(r["runs"])) for r in (a, b)) == [(1, ("other",)), (2, ("new", "old"))]
+
+
 # 5-6. compact Markdown leaderboard, cost column --------------------------------------------------------
 
 
