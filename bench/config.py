@@ -302,11 +302,13 @@ def run_config_dict(cfg: RunConfig) -> dict:
 def resolved_config(raw: dict) -> dict:
     """A saved config (a record's, a checkpoint's) resolved against this version's defaults, so that a run
     saved before a defaulted option existed compares equal to one saved after (the default is what the older
-    code did); one this version cannot read (an unknown method or key) comes back as saved."""
+    code did); one this version cannot read (an unknown method or key, a plugin method not loaded here)
+    comes back as saved."""
     from bench.runner import load_builtins
 
-    with contextlib.suppress(BenchError):
+    with contextlib.suppress(BenchError):  # a broken plugin entry point: the built-ins are registered before it
         load_builtins()
+    with contextlib.suppress(BenchError):
         return run_config_dict(build_run_config(raw))
     return raw
 

@@ -195,12 +195,13 @@ class UNet(nn.Module):
         h = self.out(F.silu(self.out_norm(h)))
         return h[..., :H, :W]
 
-    def load_from_single_time(self, other: UNet) -> None:
+    def load_from_single_time(self, other: UNet, seed: int = 0) -> None:
         """Copy a one-time net (this preset, or one k times narrower: see :func:`widening`) into this one;
-        extra time embeddings stay zero, so the outputs coincide."""
+        extra time embeddings stay zero, so the outputs coincide. ``seed`` draws a widening's weight shares
+        (its own generator: every process of a distributed run draws the same)."""
         k = widening(self.preset, other.preset)
         if k > 1 and len(other.times) <= len(self.times):
-            _widen(self, other, k)
+            _widen(self, other, k, torch.Generator().manual_seed(seed))
             return
         own = self.state_dict()
         for key, v in other.state_dict().items():
@@ -239,15 +240,19 @@ def _tiles(segments: list[int], k: int) -> Tensor:
     return torch.cat(out)
 
 
-def _copy_layer(new: nn.Module, old: nn.Module, rows: Tensor, cols: Tensor, used: set, row_scale: Tensor | None = None):
-    """Linear/conv: output channel j is old output rows[j]; the k copies of an old input share its weight."""
-    counts = torch.bincount(cols, minlength=old.weight.shape[1]).to(old.weight.dtype)
-    w = old.weight.detach()[rows][:, cols]
-    z = torch.randn_like(w)  # zero mean over the copies of each old input: the shares still sum to 1
+def _copy_layer(
+    new: nn.Module, old: nn.Module, rows: Tensor, cols: Tensor, used: set, gen: torch.Generator, row_scale=None
+) -> None:
+    """Linear/conv: output channel j is old output rows[j]; the k copies of an old input share its weight.
+    Computed on the CPU in float64 whatever the nets' device and dtype, then copied into ``new``."""
+    counts = torch.bincount(cols, minlength=old.weight.shape[1]).double()
+    w = old.weight.detach().cpu().double()[rows][:, cols]
+    z = torch.randn(w.shape, generator=gen, dtype=torch.float64)  # centred over each input's copies: shares sum to 1
     shape = (1, -1) + (1,) * (w.ndim - 2)
-    mean = torch.zeros(w.shape[0], old.weight.shape[1], *w.shape[2:]).index_add_(1, cols, z) / counts.view(shape)
+    mean = torch.zeros(w.shape[0], counts.numel(), *w.shape[2:], dtype=torch.float64).index_add_(1, cols, z)
+    mean = mean / counts.view(shape)
     w = w * (1.0 / counts[cols]).view(shape) * (1 + SPLIT_NOISE * (z - mean[:, cols]))
-    b = old.bias.detach()[rows]
+    b = old.bias.detach().cpu().double()[rows]
     if row_scale is not None:
         w, b = w * row_scale.view((-1,) + (1,) * (w.ndim - 1)), b * row_scale
     if w.shape != new.weight.shape:
@@ -263,42 +268,42 @@ def _copy_norm(new: nn.GroupNorm, old: nn.GroupNorm, chans: Tensor, used: set) -
     groups = chans.reshape(new.num_groups, -1).sort(1).values
     if groups.shape[1] != g or not torch.equal(groups, groups[:, :1] + torch.arange(g)) or (groups[:, 0] % g).any():
         raise ValueError("incompatible U-Net: GroupNorm groups do not replicate under widening")
-    new.weight.copy_(old.weight.detach()[chans])
-    new.bias.copy_(old.bias.detach()[chans])
+    new.weight.copy_(old.weight.detach()[chans.to(old.weight.device)])
+    new.bias.copy_(old.bias.detach()[chans.to(old.bias.device)])
     used.update((id(new.weight), id(new.bias)))
 
 
 @torch.no_grad()
-def _widen(new: UNet, old: UNet, k: int) -> None:
+def _widen(new: UNet, old: UNet, k: int, gen: torch.Generator) -> None:
     used: set = set()
     emb = _tiles([old.preset.channels * old.preset.emb_mult], k)
     for ne, oe in zip(new.times, old.times, strict=False):
-        _copy_layer(ne.net[0], oe.net[0], emb, torch.arange(oe.net[0].in_features), used)
-        _copy_layer(ne.net[2], oe.net[2], emb, emb, used)
+        _copy_layer(ne.net[0], oe.net[0], emb, torch.arange(oe.net[0].in_features), used, gen)
+        _copy_layer(ne.net[2], oe.net[2], emb, emb, used, gen)
     h = old.inp.out_channels
-    _copy_layer(new.inp, old.inp, _tiles([h], k), torch.arange(old.inp.in_channels), used)
+    _copy_layer(new.inp, old.inp, _tiles([h], k), torch.arange(old.inp.in_channels), used, gen)
     for nb, ob in zip([*new.enc, *new.mid, *new.dec], [*old.enc, *old.mid, *old.dec], strict=True):
         segs = [h] if ob.norm0.num_channels == h else [h, ob.norm0.num_channels - h]  # decoder: [h, skip]
         h = ob.conv0.out_channels
         cin, cout = _tiles(segs, k), _tiles([h], k)
         _copy_norm(nb.norm0, ob.norm0, cin, used)
-        _copy_layer(nb.conv0, ob.conv0, cout, cin, used)
-        _copy_layer(nb.affine, ob.affine, cout, emb, used)
+        _copy_layer(nb.conv0, ob.conv0, cout, cin, used, gen)
+        _copy_layer(nb.affine, ob.affine, cout, emb, used, gen)
         _copy_norm(nb.norm1, ob.norm1, cout, used)
-        _copy_layer(nb.conv1, ob.conv1, cout, cout, used)
+        _copy_layer(nb.conv1, ob.conv1, cout, cout, used, gen)
         if ob.skip is not None:
-            _copy_layer(nb.skip, ob.skip, cout, cin, used)
+            _copy_layer(nb.skip, ob.skip, cout, cin, used, gen)
         elif len(segs) > 1:
             raise ValueError("incompatible U-Net: an identity skip over a concatenated input")
         if ob.attn is not None:  # q and k replicated k times: q scaled by 1/sqrt(k) keeps q.k / sqrt(width)
             qkv = _tiles([h, h, h], k)
-            scale = torch.ones(len(qkv))
+            scale = torch.ones(len(qkv), dtype=torch.float64)
             scale[: k * h] = k**-0.5
             _copy_norm(nb.attn.norm, ob.attn.norm, cout, used)
-            _copy_layer(nb.attn.qkv, ob.attn.qkv, qkv, cout, used, row_scale=scale)
-            _copy_layer(nb.attn.proj, ob.attn.proj, cout, cout, used)
+            _copy_layer(nb.attn.qkv, ob.attn.qkv, qkv, cout, used, gen, row_scale=scale)
+            _copy_layer(nb.attn.proj, ob.attn.proj, cout, cout, used, gen)
     _copy_norm(new.out_norm, old.out_norm, _tiles([h], k), used)
-    _copy_layer(new.out, old.out, torch.arange(old.out.out_channels), _tiles([h], k), used)
+    _copy_layer(new.out, old.out, torch.arange(old.out.out_channels), _tiles([h], k), used, gen)
     extra = {id(p) for e in list(new.times)[len(old.times) :] for p in e.parameters()}
     missed = [n for n, p in new.named_parameters() if id(p) not in used | extra]
     if missed:

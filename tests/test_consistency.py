@@ -51,6 +51,23 @@ def test_init_from_teacher_is_the_teachers_denoiser():
     assert not _model(mode="ct").has_teacher()
 
 
+def test_a_wider_image_student_starts_as_the_teachers_denoiser():
+    """CD with method.net.unet=tiny-wide under a `tiny` teacher: f(x, t) = x + (1 - t) v(t, x) at step 0."""
+    spec = DataSpec("img", "image", (1, 8, 8), False)
+    torch.manual_seed(0)
+    m = Consistency(ConsistencyConfig(mode="cd", net=NetConfig(unet="tiny-wide")), spec, TrainConfig(batch_size=8))
+    with torch.no_grad():
+        for p in m.teacher.ema.parameters():  # a 'trained' teacher
+            p.add_(0.05 * torch.randn_like(p))
+    m.stages()[-1].setup(False)
+    m.eval()
+    x, t = torch.randn(4, 1, 8, 8), torch.rand(4)
+    with torch.no_grad():
+        want = x + (1 - t)[:, None, None, None] * m.v()(t, x)
+        torch.testing.assert_close(m.f(m.g, t, x), want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m.f(m.g_target, t, x), want, rtol=1e-4, atol=1e-5)
+
+
 def test_karras_grid_mapped_to_suite_time():
     m = _model(n_points=18)
     t, sigma = m.time_grid(18)

@@ -415,6 +415,15 @@ def test_runs_saved_before_a_defaulted_option_existed_share_the_row_of_later_run
     assert sorted((r["seeds"], tuple(r["runs"])) for r in (a, b)) == [(1, ("other",)), (2, ("new", "old"))]
 
 
+def test_records_of_a_plugin_method_not_loaded_here_are_grouped_as_saved(tmp_path):
+    recs = [_record(f"p{s}", [_row(4)], seed=s) for s in (0, 1)]
+    for r in recs:
+        r["method"] = r["config"]["method"]["name"] = "my-plugin-method"
+        write_record(tmp_path, r)
+    ((row,),) = [t["rows"] for t in build_tables(load_records(tmp_path))]
+    assert row["seeds"] == 2
+
+
 # 5-6. compact Markdown leaderboard, cost column --------------------------------------------------------
 
 

@@ -81,26 +81,28 @@ def _trained(net: UNet) -> UNet:
 
 
 @pytest.mark.parametrize(
-    ("narrow", "k", "shape"),
+    ("narrow", "k", "shape", "dtype"),
     [
-        (UNetPreset(32, (1, 2), 1), 2, (1, 8, 8)),  # tiny -> tiny-wide
-        (UNetPreset(8, (1, 2), 1, attn=(4,), n_freq=16), 2, (1, 8, 8)),  # attention, decoder concatenations
-        (UNetPreset(8, (1, 2, 2), 2, attn=(7,), n_freq=16), 3, (3, 7, 7)),  # odd size (padding), k = 3
+        (UNetPreset(32, (1, 2), 1), 2, (1, 8, 8), torch.float32),  # tiny -> tiny-wide
+        (UNetPreset(8, (1, 2), 1, attn=(4,), n_freq=16), 2, (1, 8, 8), torch.float64),  # attention at 4 px, float64
+        (UNetPreset(8, (1, 2, 2), 2, attn=(4,), n_freq=16), 3, (3, 7, 7), torch.float32),  # padded to 8, k = 3
     ],
-    ids=["tiny", "attention", "k3-padded"],
+    ids=["tiny", "attention-float64", "k3-padded"],
 )
-def test_a_wider_net_starts_as_an_exact_copy_of_its_narrow_teacher(narrow, k, shape):
+def test_a_wider_net_starts_as_an_exact_copy_of_its_narrow_teacher(narrow, k, shape, dtype):
     """Net2WiderNet oracle: the k-times wider two-time net equals the one-time teacher at initialisation for
     any (t, s, x); the copies of a channel get different weight shares, so training can tell them apart."""
     torch.manual_seed(0)
     n_freq, groups = narrow.n_freq or 16, 32 * k
     wide = UNetPreset(narrow.channels * k, narrow.mults, narrow.blocks, narrow.attn, n_freq=n_freq, max_groups=groups)
     assert widening(wide, narrow) == k and widening(narrow, wide) == 0 and widening(narrow, narrow) == 1
-    one = _trained(UNet(shape[0], narrow, 1, side=shape[1]))
-    two = UNet(shape[0], wide, 2, side=shape[1])
+    one = _trained(UNet(shape[0], narrow, 1, side=shape[1])).to(dtype)
+    two = UNet(shape[0], wide, 2, side=shape[1]).to(dtype)
     two.load_from_single_time(one)
     two.eval()
-    x, t, s = torch.randn(5, *shape), torch.rand(5), torch.rand(5)
+    n_attn = sum(type(m).__name__ == "SelfAttention" for m in two.modules())
+    assert n_attn == 1 if not narrow.attn else n_attn > 1  # mid block only, or also at the 4 px level
+    x, t, s = torch.randn(5, *shape, dtype=dtype), torch.rand(5, dtype=dtype), torch.rand(5, dtype=dtype)
     y1 = one(t, x)
     assert y1.abs().mean() > 1e-2
     torch.testing.assert_close(two(t, s, x), y1, rtol=1e-4, atol=1e-5)
