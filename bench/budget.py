@@ -213,7 +213,8 @@ def run_budget(
         except (OSError, ValueError):
             prev = {}
         points = [p for p in prev.get("points", []) if (p["method"], p["scale"], p["seed"]) not in done] + points
-        recipes = {**prev.get("recipes", {}), **recipes}
+        old_recipes = prev.get("recipes", {})  # merged per job: a --methods subset keeps the others' recipes
+        recipes = {k: {**old_recipes.get(k, {}), **recipes.get(k, {})} for k in {*old_recipes, *recipes}}
         scales = sorted({p["scale"] for p in points})
         seeds = sorted({p["seed"] for p in points})
     result = {
@@ -345,7 +346,7 @@ def render_budget(r: dict) -> str:
             cells = ["-" if v is None else f"{v:.4g} ({e['ranks'][k]})" for k, v in e["values"].items()]
             lines.append(f"| {e['passes'] / 1e6:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "Recipes (the --set overrides of each job; the teacher's are `flow` overrides):", ""]
-    for scale, rec in r["recipes"].items():
+    for scale, rec in sorted(r["recipes"].items(), key=lambda kv: float(kv[0][1:])):
         lines.append(f"- {scale}: " + "; ".join(f"{k}: `{' '.join(v)}`" for k, v in rec.items()))
     lines += [
         "",

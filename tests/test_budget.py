@@ -68,6 +68,10 @@ def test_budget_study_smoke_runs_reuses_and_writes_figure(bench_cli):
     assert code == 0, err
     assert len(list((bench_cli.results / "study" / "budget" / "moons" / "runs").glob("**/*.json"))) == n_records == 4
     assert json.loads((bench_cli.results / "study" / "budget-moons.json").read_text())["table"] == res["table"]
+    code, _, err = bench_cli(*args[:4], "--scales", "0.5", "--seeds", "0", "--smoke", "--methods", "shortcut")
+    assert code == 0, err  # a later subset keeps the other jobs' points and recipes at the same scale
+    again = json.loads((bench_cli.results / "study" / "budget-moons.json").read_text())
+    assert again["table"] == res["table"] and set(again["recipes"]["x0.5"]) == {"teacher", "chargen", "shortcut"}
     code, _, err = bench_cli("study", "budget", "--dataset", "moons", "--methods", "nope", "--smoke")
     assert code == 2 and "unknown method" in err
 
