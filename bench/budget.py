@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,21 @@ def _reusable_teacher(pool: list[dict], want: dict, seed: int) -> tuple[Path | N
     return None, None
 
 
+def _teacher(pool, dataset, tsets, seed, f, smoke, runs_dir, device, progress) -> tuple[Path, int]:
+    """The scale's teacher (folder, passes): a finished `flow` run on disk, the study's own, or trained now."""
+    from bench.config import run_config_dict
+    from bench.runner import resolve_config, train_run
+
+    tcfg = resolve_config("flow", dataset, sets=tsets, seed=seed, smoke=smoke)
+    found = _reusable_teacher(pool, run_config_dict(tcfg), seed)
+    if found[0] is not None:
+        return found
+    tid = f"budget-{dataset}-teacher-x{f:g}-s{seed}{'-smoke' if smoke else ''}"
+    resume = (Path(runs_dir) / tid / "ckpt.pt").is_file()
+    _, tdir, _, _, st = train_run(tcfg, runs_dir, device, tid, resume, progress)
+    return tdir, sum((st.passes or {}).values())
+
+
 def data_kind(dataset: str) -> str:
     from bench.datasets.images import ImageDataset
     from bench.registry import DATASETS
@@ -180,38 +196,46 @@ def run_budget(
     kind = data_kind(dataset)
     study_dir = Path(out_dir) / "study" / "budget" / dataset
     pool = [r for d in [study_dir, *map(Path, reuse)] for r in scan_records(d)[0]]
+    old = Path(out_dir) / "study" / f"budget-{dataset}.json"
+    try:
+        prev = json.loads(old.read_text()) if old.is_file() else {}
+    except (OSError, ValueError):
+        prev = {}
+    teachers = dict(prev.get("teachers", {}))  # x<f>-s<seed> -> the teacher's sets, passes, folder
     points, recipes = [], {}
     for f in scales:
         tsets, jobs = plan(kind, f * (SMOKE_FACTOR if smoke else 1.0), methods)
         recipes[f"x{f:g}"] = {"teacher": tsets, **{j.key: [j.method, *j.sets] for j in jobs}}
         for seed in seeds:
-            teacher_dir, teacher_passes = None, None
+            tkey, teacher_dir, teacher_passes = f"x{f:g}-s{seed}", None, None
+            get_teacher = partial(_teacher, pool, dataset, tsets, seed, f, smoke, runs_dir, device, progress)
+            known = teachers.get(tkey) if (teachers.get(tkey) or {}).get("sets") == list(tsets) else None
             for job in jobs:
-                if job.teacher and teacher_dir is None:
-                    tcfg = resolve_config("flow", dataset, sets=tsets, seed=seed, smoke=smoke)
-                    teacher_dir, teacher_passes = _reusable_teacher(pool, run_config_dict(tcfg), seed)
-                    if teacher_dir is None:
-                        tid = f"budget-{dataset}-teacher-x{f:g}-s{seed}{'-smoke' if smoke else ''}"
-                        resume = (Path(runs_dir) / tid / "ckpt.pt").is_file()
-                        _, teacher_dir, _, _, st = train_run(tcfg, runs_dir, device, tid, resume, progress)
-                        teacher_passes = sum((st.passes or {}).values())
+                if job.teacher and teacher_passes is None:
+                    if known and not Path(known["dir"], "ckpt.pt").is_file():
+                        # its folder is gone: finished runs that used it still match by its pass count; it is
+                        # trained again only if a job below has no reusable run
+                        teacher_dir, teacher_passes = Path(known["dir"]), known["passes"]
+                    else:
+                        teacher_dir, teacher_passes = get_teacher()
                 sets = list(job.sets) + ([f"method.teacher.run={teacher_dir}"] if job.teacher else [])
                 cfg = resolve_config(job.method, dataset, sets=sets, seed=seed, smoke=smoke)
                 want, tp = run_config_dict(cfg), teacher_passes if job.teacher else None
                 rec = next((r for r in pool if _matches(r, want, seed, tp)), None)
                 if rec is None:
+                    if job.teacher and not (teacher_dir / "ckpt.pt").is_file():
+                        teacher_dir, teacher_passes = get_teacher()
+                        sets[-1] = f"method.teacher.run={teacher_dir}"
+                        cfg = resolve_config(job.method, dataset, sets=sets, seed=seed, smoke=smoke)
                     rid, wd, ds, m, state = train_run(cfg, runs_dir, device, progress=progress)
                     rec, _ = evaluate_and_record(cfg, rid, wd, ds, m, state, device, study_dir, progress=progress)
                     pool.append(rec)
                 points.append(_point(rec, job.key, f))
+            if teacher_dir is not None and (teacher_dir / "ckpt.pt").is_file():
+                teachers[tkey] = {"sets": list(tsets), "passes": teacher_passes, "dir": str(teacher_dir)}
     out = Path(out_dir) / "study"
-    old = out / f"budget-{dataset}.json"
-    if old.is_file():  # earlier invocations' points (other scales or seeds) stay; this one's replace theirs
+    if prev:  # earlier invocations' points (other scales or seeds) stay; this one's replace theirs
         done = {(p["method"], p["scale"], p["seed"]) for p in points}
-        try:
-            prev = json.loads(old.read_text())
-        except (OSError, ValueError):
-            prev = {}
         points = [p for p in prev.get("points", []) if (p["method"], p["scale"], p["seed"]) not in done] + points
         old_recipes = prev.get("recipes", {})  # merged per job: a --methods subset keeps the others' recipes
         recipes = {k: {**old_recipes.get(k, {}), **recipes.get(k, {})} for k in {*old_recipes, *recipes}}
@@ -224,6 +248,7 @@ def run_budget(
         "scales": scales,
         "seeds": seeds,
         "recipes": recipes,
+        "teachers": dict(sorted(teachers.items())),
         "points": points,
         "table": budget_table(points),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from bench.budget import budget_table, plan
 
@@ -68,10 +69,23 @@ def test_budget_study_smoke_runs_reuses_and_writes_figure(bench_cli):
     assert code == 0, err
     assert len(list((bench_cli.results / "study" / "budget" / "moons" / "runs").glob("**/*.json"))) == n_records == 4
     assert json.loads((bench_cli.results / "study" / "budget-moons.json").read_text())["table"] == res["table"]
+    shutil.rmtree(bench_cli.runs)  # checkpoints gone (a fresh clone): the study still reuses every record
+    code, _, err = bench_cli(*args)
+    assert code == 0, err
+    assert not bench_cli.runs.exists(), "the teacher was trained again though no job needed it"
+    assert json.loads((bench_cli.results / "study" / "budget-moons.json").read_text())["table"] == res["table"]
+    runs = bench_cli.results / "study" / "budget" / "moons" / "runs"
+    steps = {json.loads(p.read_text())["config"]["method"]["fit_steps"]: p for p in runs.glob("**/chargen-*.json")}
+    steps[min(steps)].unlink()  # chargen x0.5 has no record now: its teacher is trained again for it
+    code, _, err = bench_cli(*args[:4], "--scales", "0.5", "--seeds", "0", "--smoke", "--methods", "chargen")
+    assert code == 0, err
+    assert len(list(runs.glob("**/*.json"))) == n_records and len(list(bench_cli.runs.glob("budget-*/ckpt.pt"))) == 1
     code, _, err = bench_cli(*args[:4], "--scales", "0.5", "--seeds", "0", "--smoke", "--methods", "shortcut")
     assert code == 0, err  # a later subset keeps the other jobs' points and recipes at the same scale
     again = json.loads((bench_cli.results / "study" / "budget-moons.json").read_text())
-    assert again["table"] == res["table"] and set(again["recipes"]["x0.5"]) == {"teacher", "chargen", "shortcut"}
+    assert set(again["recipes"]["x0.5"]) == {"teacher", "chargen", "shortcut"}
+    timeless = [[{k: v for k, v in r.items() if k != "train_s"} for r in t["table"]] for t in (again, res)]
+    assert timeless[0] == timeless[1]  # chargen trained again from a retrained teacher: same W2, same passes
     code, _, err = bench_cli("study", "budget", "--dataset", "moons", "--methods", "nope", "--smoke")
     assert code == 2 and "unknown method" in err
 
