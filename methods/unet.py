@@ -44,7 +44,7 @@ PRESETS: dict[str, UNetPreset] = {
     "micro": UNetPreset(8, (1, 2), 1),
     # ~0.7M params on 8x8 digits (0.72M one time input, 0.74M two); trains in minutes on a CPU
     "tiny": UNetPreset(32, (1, 2), 1),
-    # ``tiny`` at twice the width (~2.8M params on digits), with tiny's time features: a student that can
+    # ``tiny`` at twice the width (2.9M params on digits), with tiny's time features: a student that can
     # start from a ``tiny`` teacher (channel replication, see the module docstring)
     "tiny-wide": UNetPreset(64, (1, 2), 1, n_freq=16, max_groups=64),
     # ~2M params; CPU-friendly at 28/32 px (attention at the 7/8 px level)
