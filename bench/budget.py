@@ -148,6 +148,11 @@ def _reusable_teacher(pool: list[dict], want: dict, seed: int) -> tuple[Path | N
     return None, None
 
 
+def _scale_of(key: str) -> float:
+    """The budget factor of a recipe key ("x0.125" -> 0.125)."""
+    return float(key[1:])
+
+
 def _teacher(pool, dataset, tsets, seed, f, smoke, runs_dir, device, progress) -> tuple[Path, int]:
     """The scale's teacher (folder, passes): a finished `flow` run on disk, the study's own, or trained now."""
     from bench.config import run_config_dict
@@ -212,12 +217,9 @@ def run_budget(
             known = teachers.get(tkey) if (teachers.get(tkey) or {}).get("sets") == list(tsets) else None
             for job in jobs:
                 if job.teacher and teacher_passes is None:
-                    if known and not Path(known["dir"], "ckpt.pt").is_file():
-                        # its folder is gone: finished runs that used it still match by its pass count; it is
-                        # trained again only if a job below has no reusable run
-                        teacher_dir, teacher_passes = Path(known["dir"]), known["passes"]
-                    else:
-                        teacher_dir, teacher_passes = get_teacher()
+                    # a teacher this study already used is matched by its pass count, folder or not; it is
+                    # looked up or trained again only for a job below that has no reusable run
+                    teacher_dir, teacher_passes = (Path(known["dir"]), known["passes"]) if known else get_teacher()
                 sets = list(job.sets) + ([f"method.teacher.run={teacher_dir}"] if job.teacher else [])
                 cfg = resolve_config(job.method, dataset, sets=sets, seed=seed, smoke=smoke)
                 want, tp = run_config_dict(cfg), teacher_passes if job.teacher else None
@@ -238,7 +240,8 @@ def run_budget(
         done = {(p["method"], p["scale"], p["seed"]) for p in points}
         points = [p for p in prev.get("points", []) if (p["method"], p["scale"], p["seed"]) not in done] + points
         old_recipes = prev.get("recipes", {})  # merged per job: a --methods subset keeps the others' recipes
-        recipes = {k: {**old_recipes.get(k, {}), **recipes.get(k, {})} for k in {*old_recipes, *recipes}}
+        keys = sorted({*old_recipes, *recipes}, key=_scale_of)  # a set: sorted, so the file does not churn
+        recipes = {k: {**old_recipes.get(k, {}), **recipes.get(k, {})} for k in keys}
         scales = sorted({p["scale"] for p in points})
         seeds = sorted({p["seed"] for p in points})
     result = {
@@ -371,7 +374,7 @@ def render_budget(r: dict) -> str:
             cells = ["-" if v is None else f"{v:.4g} ({e['ranks'][k]})" for k, v in e["values"].items()]
             lines.append(f"| {e['passes'] / 1e6:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "Recipes (the --set overrides of each job; the teacher's are `flow` overrides):", ""]
-    for scale, rec in sorted(r["recipes"].items(), key=lambda kv: float(kv[0][1:])):
+    for scale, rec in sorted(r["recipes"].items(), key=lambda kv: _scale_of(kv[0])):
         lines.append(f"- {scale}: " + "; ".join(f"{k}: `{' '.join(v)}`" for k, v in rec.items()))
     lines += [
         "",
