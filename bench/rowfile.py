@@ -77,16 +77,22 @@ class RowFile:
                 raise ValueError(f"{self.path}: short read at byte {int(pos[i])} (file truncated?)")
         return out
 
+    def read_rows(self, start: int, n: int) -> np.ndarray:
+        """Rows ``start .. start + n`` -> (n, *shape[1:]), one sequential positional read."""
+        if start < 0 or n < 0 or start + n > self.shape[0]:
+            raise IndexError(f"rows {start}..{start + n} out of range for shape {self.shape}")
+        out = np.empty((n, *self.shape[1:]), dtype=self.dtype)
+        view, pos = memoryview(out.reshape(-1).view(np.uint8)), self.offset + start * self.row_bytes
+        while len(view):
+            k = os.preadv(self.fd, [view], pos)
+            if k == 0:
+                raise ValueError(f"{self.path}: short read (file truncated?)")
+            view, pos = view[k:], pos + k
+        return out
+
     def read_all(self) -> np.ndarray:
         """The whole array (for tests and small files)."""
-        out = np.empty(self.shape, dtype=self.dtype)
-        view, pos = memoryview(out.reshape(-1).view(np.uint8)), self.offset
-        while len(view):
-            n = os.preadv(self.fd, [view], pos)
-            if n == 0:
-                raise ValueError(f"{self.path}: short read (file truncated?)")
-            view, pos = view[n:], pos + n
-        return out
+        return self.read_rows(0, self.shape[0])
 
     def close(self) -> None:
         if self.fd >= 0:

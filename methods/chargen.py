@@ -191,6 +191,10 @@ class Chargen(TeacherMixin, Method):
         """Bytes of one cached trajectory (K + 1 states, float32)."""
         return (self.K + 1) * int(np.prod(self.spec.shape)) * 4
 
+    def _copied(self) -> int:
+        """Rows taken from ``trajectories_from`` (all of them when it holds fewer than n_traj)."""
+        return 0 if self._traj_src is None else min(self._traj_src["n_traj"], self.cfg.n_traj)
+
     def cache_mode(self) -> str:
         """The resolved cache: ``auto`` keeps trajectories in memory up to MEMORY_CACHE_MAX bytes, else on disk."""
         c = self.cfg.cache
@@ -202,8 +206,12 @@ class Chargen(TeacherMixin, Method):
     def _make_trajectories(self, shard: Shard | None = None) -> dict:
         """Generate (and cache) m trajectories in chunks, trajectory i from seed TRAJ_SEED + i, so a resume or
         any number of processes (each taking its share of the seeds) produce the same set. On disk, each chunk
-        is written at its file offset as it is made: host memory holds one chunk (<= CHUNK_BYTES), never the set."""
+        is written at its file offset as it is made: host memory holds one chunk (<= CHUNK_BYTES), never the set.
+        With a smaller ``trajectories_from`` set (checked to be the same teacher, grid and solver), its rows are
+        copied instead of generated: they are the rows i < its size that this loop would make."""
         c, shape, shard, mode = self.cfg, tuple(self.spec.shape), shard or Shard(), self.cache_mode()
+        copied = self._copied()
+        src = RowFile.open(self._traj_src["path"]) if copied else None
         full = (c.n_traj, self.K + 1, *shape)
         mine = shard.range(c.n_traj)
         per_chunk = max(1, min(c.chunk, CHUNK_BYTES // self._traj_bytes()))
@@ -216,14 +224,21 @@ class Chargen(TeacherMixin, Method):
             store, offset = RowFile.open(path, writable=True), 0
         else:
             store, offset = torch.empty(len(mine), *full[1:]), mine.start
-        for start in range(mine.start, mine.stop, per_chunk):
-            n = min(per_chunk, mine.stop - start)
-            z = seeded_noise(shape, range(TRAJ_SEED + start, TRAJ_SEED + start + n)).to(self.grid.device)
-            tr = characteristics(self.v(), z, self.grid, c.solver).cpu()
+        start = mine.start
+        while start < mine.stop:
+            n = min(per_chunk, mine.stop - start, copied - start if start < copied else per_chunk)
+            if start < copied:
+                tr = torch.from_numpy(src.read_rows(start, n))
+            else:
+                z = seeded_noise(shape, range(TRAJ_SEED + start, TRAJ_SEED + start + n)).to(self.grid.device)
+                tr = characteristics(self.v(), z, self.grid, c.solver).cpu()
             if mode == "disk":
                 store.write_rows(start, tr.numpy())
             else:
                 store[start - offset : start - offset + n] = tr
+            start += n
+        if src is not None:
+            src.close()
         if mode == "disk":
             store.close()
             shard.barrier()
@@ -232,6 +247,7 @@ class Chargen(TeacherMixin, Method):
             self._traj = shard.gather(store, c.n_traj)
         return {
             "n_traj": c.n_traj,
+            "copied": copied,
             "K": self.K,
             "solver": c.solver,
             "cache": mode,
@@ -243,8 +259,8 @@ class Chargen(TeacherMixin, Method):
     def _ensure_trajectories(self, resumed: bool) -> None:
         if self.cfg.pairs_from != "noise" or self.cache_mode() == "none" or self._traj is not None:
             return
-        if self._traj_src is not None:  # rows are drawn below n_traj: only the first n_traj rows are read
-            self._traj = RowFile.open(self._traj_src["path"])
+        if self._traj_src is not None and self._copied() == self.cfg.n_traj:
+            self._traj = RowFile.open(self._traj_src["path"])  # rows are drawn below n_traj: only those are read
             return
         path = self._traj_path()
         if self.cache_mode() == "disk" and path.exists():
@@ -378,7 +394,7 @@ class Chargen(TeacherMixin, Method):
                 self.g_ema.load_state_dict(self.g.state_dict())
             self._ensure_trajectories(resumed)
 
-        if c.pairs_from == "noise" and c.cache != "none" and self._traj_src is None:
+        if c.pairs_from == "noise" and c.cache != "none" and self._copied() < c.n_traj:
             stages.append(Stage("trajectories", run=self._make_trajectories))
         loss = self.pairwise_loss if c.loss == "pairwise" else self.reference_loss
         fit = Update(("g",), loss, lr=c.fit_lr, batch_size=c.fit_batch, data=c.pairs_from == "data")
@@ -425,22 +441,27 @@ class Chargen(TeacherMixin, Method):
         return ("g_ema",)
 
     def prior_cost(self) -> dict:
-        """The reused teacher's cost, plus the reused trajectories' (pro rata of the rows used)."""
-        prior, src = super().prior_cost(), self._traj_src
+        """The reused teacher's cost, plus the reused trajectories' (pro rata of the rows used; rows this run
+        generates on top of them are its own trajectories stage)."""
+        prior, src, used = super().prior_cost(), self._traj_src, self._copied()
         if src is None:
             return prior
-        frac = self.cfg.n_traj / src["n_traj"]
+        frac = used / src["n_traj"]
         walls = {**prior.get("wall_clock_s", {}), "trajectories": src["wall_s"] * frac}
         passes = None if src["passes"] is None else round(src["passes"] * frac)
         known = None if passes is None or prior.get("network_passes") is None else prior["network_passes"] + passes
-        what = f"{prior['what']}; the first {self.cfg.n_traj} of {src['n_traj']} trajectories of run {src['run']}"
+        if used < self.cfg.n_traj:
+            rows = f"all {used} trajectories of run {src['run']} (the other {self.cfg.n_traj - used} made here)"
+        else:
+            rows = f"the first {used} of {src['n_traj']} trajectories of run {src['run']}"
+        what = f"{prior['what']}; {rows}"
         return {"what": what, "wall_clock_s": walls, "network_passes": known}
 
     def record_extra(self) -> dict:
         out = {**self.teacher_extra(), "grid": [round(float(t), 6) for t in self.grid]}
         if self._traj_src is not None:
             src = self._traj_src
-            out["trajectories_from"] = {"run": src["run"], "rows": self.cfg.n_traj, "of": src["n_traj"]}
+            out["trajectories_from"] = {"run": src["run"], "rows": self._copied(), "of": src["n_traj"]}
         return out
 
 
@@ -458,7 +479,8 @@ def open_trajectories(path: Path, want: tuple[int, ...]) -> tuple[RowFile | None
 
 def resolve_trajectories(m: Chargen, ref: str, workdir) -> dict:
     """Check that a finished chargen run's disk trajectories are the ones ``m`` would generate (same teacher
-    weights, grid and solver; at least n_traj of them) and return their file, count and cost."""
+    weights, grid and solver) and return their file, count and cost. A set smaller than n_traj is extended:
+    its rows are copied and only the rest are generated."""
     from bench.checkpoint import load_checkpoint
 
     ck_path = find_run_checkpoint(ref, workdir, "trajectories")
@@ -474,8 +496,6 @@ def resolve_trajectories(m: Chargen, ref: str, workdir) -> dict:
     if any(f"teacher.{k}" not in state or not torch.equal(state[f"teacher.{k}"].to(v), v) for k, v in mine.items()):
         raise BenchError(f"trajectories of {name} were made by another teacher than method.teacher.run")
     n_src = int(info["n_traj"])
-    if n_src < m.cfg.n_traj:
-        raise BenchError(f"trajectories of {name}: {n_src} of them; need n_traj <= {n_src}")
     path = ck_path.parent / f"trajectories-K{m.K}-m{n_src}.npy"
     f, bad = open_trajectories(path, (n_src, m.K + 1, *m.spec.shape))
     if f is None:

@@ -345,7 +345,6 @@ def test_trajectories_from_reuses_a_runs_disk_cache_checks_it_and_charges_its_co
     bad = [  # (overrides, message): each exits 2 without a record
         (["--set", f"method.trajectories_from={a}", "--set", "method.n_traj=32"], "needs a reused teacher"),
         ([*reuse[:2], "--set", f"method.trajectories_from={bench_cli.runs / 't'}"], "no finished disk trajectory"),
-        ([*reuse, "--set", "method.n_traj=65"], "n_traj <= 64"),
         ([*reuse, "--set", "method.solver=heun"], "grid or solver differ"),
         (["--set", f"method.teacher.run={bench_cli.runs / 't2'}", *reuse[2:]], "another teacher"),
         ([*reuse, "--set", "method.cache=memory"], "cache auto or disk"),
@@ -354,3 +353,58 @@ def test_trajectories_from_reuses_a_runs_disk_cache_checks_it_and_charges_its_co
         code, _, err = bench_cli("run", "--method", "chargen", *smoke, *sets)
         assert code == 2 and msg in err, (sets, err)
     assert len(bench_cli.records()) == n_records
+
+
+def test_trajectories_from_with_fewer_rows_copies_them_and_makes_only_the_rest(bench_cli):
+    """Extending a 64-trajectory set to 96: rows 0..63 are the source's bytes, rows 64..95 are what a fresh run
+    makes (trajectory i from seed TRAJ_SEED + i), and the record charges 64 rows as reused, 32 as made here."""
+    from bench.methods.chargen import TRAJ_SEED, characteristics
+
+    from bench.rowfile import RowFile
+    from bench.runner import load_run
+    from bench.sampling import seeded_noise
+
+    smoke = ["--dataset", "moons", "--smoke"]
+    assert bench_cli("train", "--method", "flow", *smoke, "--run-id", "t")[0] == 0
+    teach = ["--set", f"method.teacher.run={bench_cli.runs / 't'}", "--set", "method.cache=disk"]
+    code, _, err = bench_cli(
+        "train",
+        "--method",
+        "chargen",
+        *smoke,
+        "--run-id",
+        "a",
+        *teach,
+        "--set",
+        "method.n_traj=64",
+        "--set",
+        "method.fit_steps=10",
+    )
+    assert code == 0, err
+    a = bench_cli.runs / "a"
+    code, _, err = bench_cli(
+        "run",
+        "--method",
+        "chargen",
+        *smoke,
+        *teach,
+        "--set",
+        f"method.trajectories_from={a}",
+        "--set",
+        "method.n_traj=96",
+        "--set",
+        "method.fit_steps=10",
+    )
+    assert code == 0, err
+    (rec,) = bench_cli.records()
+    cost, work = rec["train"]["cost"], Path(rec["workdir"])
+    assert "all 64 trajectories of run a (the other 32 made here)" in cost["reused"]["what"]
+    ck_a = torch.load(a / "ckpt.pt", weights_only=True)["train_state"]["passes"]
+    assert cost["network_passes_by_stage"]["trajectories"] == ck_a["trajectories"] // 2  # 32 rows, not 96
+    assert rec["train"]["stage_info"]["trajectories"]["copied"] == 64
+    assert rec["extra"]["trajectories_from"] == {"run": "a", "rows": 64, "of": 64}
+    mine = RowFile.open(work / "trajectories-K8-m96.npy").read_all()
+    assert np.array_equal(mine[:64], RowFile.open(a / "trajectories-K8-m64.npy").read_all())
+    _, _, m, _ = load_run(work, torch.device("cpu"))
+    fresh = characteristics(m.v(), seeded_noise((2,), range(TRAJ_SEED + 64, TRAJ_SEED + 96)), m.grid, m.cfg.solver)
+    assert torch.allclose(torch.from_numpy(mine[64:]), fresh, atol=1e-6)

@@ -22,6 +22,9 @@ def test_rows_written_in_any_order_read_back_as_numpy_sees_them(tmp_path):
     rows, cols = rng.integers(0, 50, 300), rng.integers(0, 6, 300)
     assert np.array_equal(g.read_items(rows, cols), a[rows, cols])
     assert np.array_equal(g.read_all(), a)
+    assert np.array_equal(g.read_rows(1, 2), a[1:3]) and g.read_rows(3, 0).shape == (0, *a.shape[1:])
+    with pytest.raises(IndexError):
+        g.read_rows(2, len(a))
     with pytest.raises(IndexError):
         g.read_items(np.array([50]), np.array([0]))
     with pytest.raises(ValueError):
