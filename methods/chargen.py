@@ -226,7 +226,8 @@ class Chargen(TeacherMixin, Method):
             store, offset = torch.empty(len(mine), *full[1:]), mine.start
         start = mine.start
         while start < mine.stop:
-            n = min(per_chunk, mine.stop - start, copied - start if start < copied else per_chunk)
+            stop = min(copied, mine.stop) if start < copied else mine.stop  # a chunk is all copied or all made
+            n = min(per_chunk, stop - start)
             if start < copied:
                 tr = torch.from_numpy(src.read_rows(start, n))
             else:
@@ -275,7 +276,7 @@ class Chargen(TeacherMixin, Method):
     def trajectories(self) -> Tensor:
         """All cached trajectories (m, K+1, *shape) as one tensor (tests, small sets)."""
         t = self._traj
-        return torch.from_numpy(t.read_all()[: self.cfg.n_traj]) if isinstance(t, RowFile) else t
+        return torch.from_numpy(t.read_rows(0, self.cfg.n_traj)) if isinstance(t, RowFile) else t
 
     # -- pairs -------------------------------------------------------------------------------------
     def pair_indices(self, b: Batch) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:

@@ -367,34 +367,11 @@ def test_trajectories_from_with_fewer_rows_copies_them_and_makes_only_the_rest(b
     smoke = ["--dataset", "moons", "--smoke"]
     assert bench_cli("train", "--method", "flow", *smoke, "--run-id", "t")[0] == 0
     teach = ["--set", f"method.teacher.run={bench_cli.runs / 't'}", "--set", "method.cache=disk"]
-    code, _, err = bench_cli(
-        "train",
-        "--method",
-        "chargen",
-        *smoke,
-        "--run-id",
-        "a",
-        *teach,
-        "--set",
-        "method.n_traj=64",
-        "--set",
-        "method.fit_steps=10",
-    )
-    assert code == 0, err
     a = bench_cli.runs / "a"
-    code, _, err = bench_cli(
-        "run",
-        "--method",
-        "chargen",
-        *smoke,
-        *teach,
-        "--set",
-        f"method.trajectories_from={a}",
-        "--set",
-        "method.n_traj=96",
-        "--set",
-        "method.fit_steps=10",
-    )
+    made = ["--set", "method.n_traj=64", "--set", "method.fit_steps=10"]
+    assert bench_cli("train", "--method", "chargen", *smoke, "--run-id", "a", *teach, *made)[0] == 0
+    extend = ["--set", f"method.trajectories_from={a}", "--set", "method.n_traj=96", "--set", "method.fit_steps=10"]
+    code, _, err = bench_cli("run", "--method", "chargen", *smoke, *teach, *extend)
     assert code == 0, err
     (rec,) = bench_cli.records()
     cost, work = rec["train"]["cost"], Path(rec["workdir"])
