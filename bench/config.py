@@ -299,12 +299,37 @@ def run_config_dict(cfg: RunConfig) -> dict:
     return d
 
 
+# Keys added with a default that differs from what the code did before they existed: a SAVED config (fully
+# resolved when it was written, so a missing key means older code) takes this value instead of today's default.
+# Keyed by the key's name and the keys that identify its section.
+LEGACY_VALUES: list[tuple[str, frozenset[str], Any]] = [
+    # the points MLP's time features were sin/cos at frequencies 1 .. 1000 until time_max_freq (default 0, raw) came
+    ("time_max_freq", frozenset({"hidden", "depth", "unet"}), 1000.0),
+]
+
+
+def legacy_filled(saved: Any) -> Any:
+    """A copy of a saved config in which every key of :data:`LEGACY_VALUES` missing from its section holds the
+    value the older code used. Only for saved configs: a user's partial config takes today's defaults."""
+    if isinstance(saved, list):
+        return [legacy_filled(v) for v in saved]
+    if not isinstance(saved, dict):
+        return saved
+    out = {k: legacy_filled(v) for k, v in saved.items()}
+    for key, section, value in LEGACY_VALUES:
+        if key not in out and section <= set(out):
+            out[key] = value
+    return out
+
+
 def resolved_config(raw: dict) -> dict:
     """A saved config (a record's, a checkpoint's) resolved against this version's defaults, so that a run
     saved before a defaulted option existed compares equal to one saved after (the default is what the older
-    code did); one this version cannot read (an unknown method or key, a plugin method not loaded here)
-    comes back as saved."""
+    code did; where it is not, :data:`LEGACY_VALUES` says what was); one this version cannot read (an unknown
+    method or key, a plugin method not loaded here) comes back as saved."""
     from bench.runner import load_builtins
+
+    raw = legacy_filled(raw)
 
     with contextlib.suppress(BenchError):  # a broken plugin entry point: the built-ins are registered before it
         load_builtins()

@@ -16,7 +16,15 @@ import yaml
 
 from bench import distributed, engine
 from bench.checkpoint import atomic_write_text
-from bench.config import RunConfig, build_run_config, deep_merge, load_yaml, parse_sets, run_config_dict
+from bench.config import (
+    RunConfig,
+    build_run_config,
+    deep_merge,
+    legacy_filled,
+    load_yaml,
+    parse_sets,
+    run_config_dict,
+)
 from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.metrics.registry import preflight
@@ -289,7 +297,7 @@ def load_run(workdir: Path, device: torch.device, eval_sets: list[str] | None = 
     workdir = Path(workdir)
     if not (workdir / "config.yaml").is_file():
         raise BenchError(f"{workdir} is not a run folder (no config.yaml)")
-    raw = load_yaml(workdir / "config.yaml")
+    raw = legacy_filled(load_yaml(workdir / "config.yaml"))
     cdict = build_run_config(raw)
     saved = run_config_dict(cdict)
     cfg = build_run_config(deep_merge(raw, parse_sets(eval_sets or [])))

@@ -81,11 +81,11 @@ class TeacherMixin:
 def resolve_teacher(ref: str, spec, workdir) -> tuple[str, FlowConfig, dict]:
     """Find a finished `flow` run (id, folder or ckpt.pt), check it fits this data, return its config and ckpt."""
     from bench.checkpoint import load_checkpoint
-    from bench.config import from_dict
+    from bench.config import from_dict, legacy_filled
 
     ck_path = find_run_checkpoint(ref, workdir, "teacher")
     ck = load_checkpoint(ck_path)
-    cfg = ck["config"]
+    cfg = legacy_filled(ck["config"])
     kind = cfg["method"]["name"]
     if kind == "chargen" and not cfg["method"]["teacher"]["run"]:  # the teacher a chargen run trained itself
         fcfg = dict(cfg["method"]["teacher"]["flow"])

@@ -149,3 +149,32 @@ def test_eval_and_seed_ranges():
     ]:
         with pytest.raises(BenchError, match=msg):
             resolve_config("flow", "moons", sets=sets)
+
+
+def test_legacy_values_fill_only_saved_sections_that_lack_them():
+    """A config saved before `time_max_freq` existed (its net section lacks the key) reads back with the
+    Fourier features the older code used; one saved today, and non-net sections, are left as they are."""
+    from bench.config import legacy_filled, resolved_config
+
+    old = {"method": {"name": "flow", "net": {"hidden": 32, "depth": 1, "unet": {}}}, "train": {"steps": 3}}
+    filled = legacy_filled(old)
+    assert filled["method"]["net"]["time_max_freq"] == 1000.0
+    assert "time_max_freq" not in old["method"]["net"]  # a copy
+    assert "time_max_freq" not in filled["train"] and "time_max_freq" not in filled["method"]
+    new = {"method": {"name": "flow", "net": {"hidden": 32, "depth": 1, "unet": {}, "time_max_freq": 0.0}}}
+    assert legacy_filled(new) == new
+    assert resolved_config(old)["method"]["net"]["time_max_freq"] == 1000.0
+
+
+def test_raw_time_feature_and_fourier_features():
+    """time_max_freq = 0 feeds t itself (through one linear layer); > 0 gives sin/cos features up to it."""
+    import torch
+    from bench.methods.nets import FourierTime, NetConfig, TimeMLP
+
+    raw, four = FourierTime(8, max_freq=0.0), FourierTime(8, max_freq=1000.0)
+    t = torch.linspace(0, 1, 5)
+    assert raw(t).shape == four(t).shape == (5, 8)
+    assert raw.net[0].in_features == 1 and four.net[0].in_features == 64
+    assert NetConfig().time_max_freq == 0.0
+    net = TimeMLP(2, 16, 1, n_times=2)
+    assert net(torch.rand(3), torch.rand(3), torch.zeros(3, 2)).shape == (3, 2)

@@ -96,7 +96,7 @@ def test_discretisation_schedules_and_target_decay_follow_the_papers():
         1281,
         1281,
     ]
-    ct = _model(mode="ct", fit_steps=K)
+    ct = _model(mode="ct", recipe="cm", fit_steps=K)
     assert ct.schedule == "cm" and ct.n_points(0) == 2
     for k in (0, 10, 4000):  # CM: mu(k) = exp(s0 ln mu0 / N(k))
         assert ct.target_mu(k) == pytest.approx(math.exp(2 * math.log(0.9) / ct.n_points(k)))
@@ -107,7 +107,7 @@ def test_discretisation_schedules_and_target_decay_follow_the_papers():
 
 
 def test_target_ema_is_updated_with_mu_before_each_step():
-    m = _model(mode="ct", fit_steps=100)
+    m = _model(mode="ct", recipe="cm", fit_steps=100)
     m.stages()[-1].setup(False)
     with torch.no_grad():
         for p in m.g.parameters():
@@ -167,7 +167,7 @@ def test_targets_converge_to_the_exact_flow_map_as_n_grows(mode, solver, order):
     x1 = mean + std * torch.randn(20000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     losses = []
     for n in (41, 81):
-        m = _model(mode=mode, solver=solver, schedule="fixed", n_points=n, target="online")
+        m = _model(mode=mode, solver=solver, schedule="fixed", n_points=n, target="online", recipe="cm")
         if mode == "cd":
             m.teacher.ema = _Exact(vel)
         m.g = _exact_map(flow_map)
@@ -221,7 +221,7 @@ def test_multistep_sampling_renoises_with_its_own_noise():
         (["method.mid_times=[0.6, 0.4]", "method.sample_steps=[1, 3]"], "mid_times must increase"),
         (["method.sample_steps=[1, 3]"], "need that many - 1 mid_times"),
         (["method.grid=uniform", "method.weighting=ict"], "karras grid"),
-        (["method.mode=ct", "method.s0=200"], "needs s1 >= s0"),
+        (["method.mode=ct", "method.s0=2000"], "needs s1 >= s0"),
         (["method.net.hidden=64"], "method.init=scratch"),
     ],
 )
@@ -278,3 +278,27 @@ def test_smoke_runs_cd_ct_and_teacher_reuse(bench_cli):
     assert ct["train"]["cost"]["reused"] is None and list(ct["train"]["cost"]["network_passes_by_stage"]) == ["fit"]
     assert "teacher" not in ct["extra"] and ct["train"]["cost"]["network_passes"] > 0
     json.dumps(ct)
+
+
+def test_recipe_auto_is_cm_for_cd_and_ict_for_ct_and_explicit_fields_win():
+    cd, ct = _model(mode="cd").cfg, _model(mode="ct").cfg
+    assert (cd.recipe, cd.schedule, cd.target, cd.distance, cd.weighting, cd.pairs) == (
+        "cm",
+        "fixed",
+        "ema",
+        "l2",
+        "uniform",
+        "uniform",
+    )
+    assert (ct.recipe, ct.schedule, ct.target, ct.distance, ct.weighting, ct.pairs) == (
+        "ict",
+        "ict",
+        "online",
+        "pseudo_huber",
+        "ict",
+        "lognormal",
+    )
+    mixed = _model(mode="ct", distance="l2", recipe="ict").cfg
+    assert mixed.distance == "l2" and mixed.schedule == "ict"
+    uni = _model(mode="ct", grid="uniform").cfg
+    assert (uni.weighting, uni.pairs) == ("uniform", "uniform")

@@ -222,7 +222,7 @@ def test_training_moves_the_one_step_map_to_the_data():
     z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = float((m.g(0.0, 1.0, z).mean(0) - mean).norm())
-    for i in range(100):
+    for i in range(300):
         b = Batch(torch.randn(64, 2, generator=gen) * 0.5 + mean, 64, 0, 64, i, torch.device("cpu"), i)
         loss, logs = upd.loss(b, i)
         opt.zero_grad()

@@ -162,7 +162,7 @@ def test_training_reduces_loss():
     opt = upd.build_optimizer(list(m.g.parameters()))
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for i in range(60):
+    for i in range(150):
         b = Batch(torch.randn(64, 2, generator=gen) * 0.5 + 1.0, 64, 0, 64, i, torch.device("cpu"), i)
         loss, _ = upd.loss(b, i)
         opt.zero_grad()
