@@ -239,6 +239,10 @@ def run(
             "--dry-run", metavar="", help="flag: resolve and check everything, print the config; train nothing"
         ),
     ] = False,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="run folder name (default: a fresh dated id)")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", metavar="", help="flag: continue --run-id from its last checkpoint")
+    ] = False,
 ) -> None:
     """Train -> sample -> evaluate -> write a run record -> re-render the leaderboard."""
     _check_dir(out_dir, "--out")
@@ -262,7 +266,7 @@ def run(
     cfg = resolve_config(method, dataset, config, set_, seed, smoke)
     dev = resolve_device(device, distributed.init_from_env(device))
     dist = distributed.current()
-    run = prepare_run(cfg, runs_dir, dev)
+    run = prepare_run(cfg, runs_dir, dev, run_id, resume)
     validate_eval(cfg, run.dataset.spec)  # exact-W2 cap and memory: refused before anything is allocated
     run.method.eval_points(cfg.eval.nfe, cfg.eval.solvers)  # unknown solvers fail now, not after training
     if dry_run:
@@ -284,7 +288,7 @@ def run(
         )
     with _progress() as p:
         try:
-            train_prepared(run, progress=p)
+            train_prepared(run, resume, progress=p)
         except TrainingDiverged as e:
             if dist.is_main:
                 _record_divergence(run, out_dir, str(e))
@@ -575,6 +579,47 @@ def study(
         out.print(render_study(r))
 
 
+def _sweep_benchmark(
+    path: Path, executor: str, workers: int, out_dir: Path, runs_dir: Path, dry_run: bool, suites: list[str]
+) -> None:
+    """A benchmark file (``suites:``): deterministic run ids, finished runs reused, teachers first."""
+    from bench import benchmark as bm
+    from bench import sweep as sw
+    from bench.records import record_path
+    from bench.runner import resolve_config
+
+    if executor != "local":
+        raise BenchError("a benchmark file (suites:) runs with --executor local; its jobs wait for their teachers")
+    planned = bm.plan(path)
+    unknown = sorted(set(suites) - {p.suite for p in planned})
+    if unknown:
+        raise BenchError(f"--suite {unknown[0]!r} is not in {path} (suites: {sorted({p.suite for p in planned})})")
+    planned = [p for p in planned if not suites or p.suite in suites]
+    for p in planned:  # every job valid up front (a teacher run id need not exist yet)
+        resolve_config(
+            p.method, p.dataset, None, [s for s in p.sets if not s.startswith("method.teacher.run=")], p.seed, False
+        )
+    todo = [p for p in planned if not record_path(out_dir, p.dataset, p.run_id).is_file()]
+    console.print(f"{len(planned)} benchmark jobs, {len(planned) - len(todo)} finished (reused), {len(todo)} to run")
+    if dry_run:
+        for p in planned:
+            state = "done" if p not in todo else "todo"
+            out.print(
+                f"{state} bench " + " ".join(bm.argv(p, out_dir, runs_dir, False)), highlight=False, soft_wrap=True
+            )
+        return
+
+    def report(i: int, p, code: int, tail: str) -> None:
+        state = "ok" if code == 0 else f"FAILED (exit {code})"
+        console.print(f"[{i + 1}/{len(planned)}] {state}: {p.run_id}\n{escape(tail)}", highlight=False)
+
+    results = sw.run_benchmark_local(planned, out_dir, runs_dir, workers, report=report)
+    _render(out_dir)
+    failed = [rid for rid, c, _ in results if c != 0]
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(planned)} benchmark jobs failed: {', '.join(failed)}")
+
+
 @app.command()
 def sweep(
     grid: Annotated[Path, typer.Argument(help="YAML grid: methods, datasets, seeds, overrides, sets, smoke")],
@@ -590,6 +635,9 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", metavar="", help="flag: validate every job and print them; run nothing")
     ] = False,
+    suite: Annotated[
+        list[str] | None, typer.Option("--suite", help="benchmark file: run only this suite (repeatable)")
+    ] = None,
 ) -> None:
     """Run a grid of `bench run` jobs (one normal record each), locally or on SLURM; then re-render."""
     import itertools
@@ -602,6 +650,12 @@ def sweep(
         raise BenchError(f"--executor must be local or slurm (got {executor!r})")
     if workers < 1:
         raise BenchError("--workers must be >= 1")
+    from bench import benchmark as bm
+    from bench.config import load_yaml
+
+    if bm.is_benchmark(load_yaml(grid)):
+        _sweep_benchmark(grid, executor, workers, out_dir, runs_dir, dry_run, suite or [])
+        return
     g = sw.load_grid(grid)
     jobs = sw.jobs(g, out_dir, runs_dir, plugin or [])
     for m, d, ov, s in itertools.product(g.methods, g.datasets, g.overrides, g.seeds):

@@ -113,3 +113,43 @@ def submit_slurm(all_jobs: list[list[str]], folder: Path, **slurm: Any) -> list[
     with ex.batch():
         handles = [ex.submit(run_job, argv) for argv in all_jobs]
     return handles
+
+
+def run_benchmark_local(
+    planned: list[Any], out: Path, runs_dir: Path, workers: int, device: str = "auto", report=None
+) -> list[tuple[str, int, str]]:
+    """Run a benchmark plan (``bench.benchmark.plan``) here: a job whose record exists is reused, one with a
+    checkpoint resumes, one whose teacher failed is not started; a job starts once its teacher has finished.
+    Returns (run id, exit code, last output lines) per job: code 0 also for reused runs."""
+    import threading
+
+    from bench.benchmark import argv
+    from bench.records import record_path
+
+    threads = max(1, min(cores_available(), int(os.environ.get("OMP_NUM_THREADS", "0")) or 10**6) // workers)
+    done = {p.run_id: threading.Event() for p in planned}
+    codes: dict[str, int] = {}
+    results: list[tuple[str, int, str]] = [("", 0, "")] * len(planned)
+
+    def one(i: int) -> None:
+        p = planned[i]
+        try:
+            if p.after:
+                done[p.after].wait()
+            if record_path(out, p.dataset, p.run_id).is_file():
+                code, tail = 0, "reused (record exists)"
+            elif p.after and codes.get(p.after, 1) != 0:
+                code, tail = 1, f"not run: its teacher {p.after} failed"
+            else:
+                resume = (Path(runs_dir) / p.run_id / "ckpt.pt").is_file()
+                code, tail = run_job(argv(p, out, runs_dir, resume, device), threads)
+            codes[p.run_id] = code
+            results[i] = (p.run_id, code, tail)
+            if report is not None:
+                report(i, p, code, tail)
+        finally:
+            done[p.run_id].set()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, range(len(planned))))
+    return results
