@@ -61,6 +61,7 @@ class Suite:
 class Benchmark:
     suites: Any  # {suite name: Suite mapping}
     sets: list[str] = field(default_factory=list)
+    smoke: bool = False  # every job with --smoke (tests, a first look)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Planned:
     run_id: str
     sets: tuple[str, ...]
     after: str
+    smoke: bool = False
 
 
 def is_benchmark(raw: Any) -> bool:
@@ -117,9 +119,10 @@ def plan(path_or_raw: str | Path | dict) -> list[Planned]:
                 for d in suite.datasets:
                     after = ids[(j.teacher, d)] if j.teacher else ""
                     sets = [*bm.sets, *suite.sets, *j.sets] + ([f"method.teacher.run={after}"] if after else [])
-                    rid = f"{j.name}-{d}-s{seed}-{_hash(j.method, d, seed, sets)}"
+                    key = [j.method, d, seed, sets] + (["smoke"] if bm.smoke else [])
+                    rid = f"{j.name}-{d}-s{seed}-{_hash(*key)}"
                     ids[(j.name, d)] = rid
-                    batch.append(Planned(sname, j.name, j.method, d, seed, rid, tuple(sets), after))
+                    batch.append(Planned(sname, j.name, j.method, d, seed, rid, tuple(sets), after, bm.smoke))
             out += batch
     return out
 
@@ -140,4 +143,5 @@ def argv(p: Planned, out: Path, runs_dir: Path, resume: bool, device: str = "aut
     a = ["run", "--method", p.method, "--dataset", p.dataset, "--seed", str(p.seed), "--device", device]
     a += ["--out", str(out), "--runs-dir", str(runs_dir), "--run-id", p.run_id]
     a += ["--resume"] if resume else []
+    a += ["--smoke"] if p.smoke else []
     return a + [x for kv in p.sets for x in ("--set", kv)]

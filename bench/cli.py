@@ -597,7 +597,7 @@ def _sweep_benchmark(
     planned = [p for p in planned if not suites or p.suite in suites]
     for p in planned:  # every job valid up front (a teacher run id need not exist yet)
         resolve_config(
-            p.method, p.dataset, None, [s for s in p.sets if not s.startswith("method.teacher.run=")], p.seed, False
+            p.method, p.dataset, None, [s for s in p.sets if not s.startswith("method.teacher.run=")], p.seed, p.smoke
         )
     todo = [p for p in planned if not record_path(out_dir, p.dataset, p.run_id).is_file()]
     console.print(f"{len(planned)} benchmark jobs, {len(planned) - len(todo)} finished (reused), {len(todo)} to run")

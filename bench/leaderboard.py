@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -169,11 +170,13 @@ def _newest(item: tuple[dict, dict]) -> tuple[str, str]:
     return (item[0].get("date", ""), item[0]["run_id"])
 
 
-def build_tables(records: list[dict]) -> list[dict]:
+def build_tables(records: list[dict], main: bool = False) -> list[dict]:
     """Group record rows into tables (one per data set + metric protocol), aggregating over seeds.
 
     A row is (label, solver, NFE, config, device). Each (run, row) counts once, and so does each training
-    seed of a config: same-seed copies contribute only the newest record (PROTOCOL.md, Seeds)."""
+    seed of a config: same-seed copies contribute only the newest record (PROTOCOL.md, Seeds).
+    ``main``: a benchmark main table: no ``(teacher)`` rows (the teacher has its own job), rows sorted by
+    their method's best quality at NFE 1."""
     tables: dict[tuple, dict] = {}
     candidates: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for rec in records:
@@ -186,6 +189,8 @@ def build_tables(records: list[dict]) -> list[dict]:
         )
         ckey, seed = _config_key(rec), json.dumps(rec.get("seed"))
         for row in {(r["label"], r["solver"], r["nfe_requested"]): r for r in rec["rows"]}.values():
+            if main and row["label"].endswith("(teacher)"):
+                continue
             candidates[(key, row["label"], row["solver"], row["nfe_requested"], ckey, seed)].append((rec, row))
             t["metrics"].update(row["metrics"])
             for name, m in row["metrics"].items():
@@ -213,6 +218,8 @@ def build_tables(records: list[dict]) -> list[dict]:
                 r["nfe_sort"],
             )
         )
+        if main:
+            rows.sort(key=lambda r: _nfe1_rank(rows, r, metrics))
         floors = [t["floors"][k] for k in sorted(t["floors"])]
         floor = {m: [v for f in floors for v in f.get(m, {}).get("values", [])] for m in metrics}
         floor_what = sorted({s.get("what", "") for f in floors for s in f.values()} - {""})
@@ -222,6 +229,7 @@ def build_tables(records: list[dict]) -> list[dict]:
         out.append(
             {
                 "title": t["title"],
+                "kind": "main" if main else "more",
                 "key": key,
                 "metrics": metrics,
                 "main": [m for m in MAIN_METRICS if m in metrics] or metrics[:1],
@@ -235,6 +243,21 @@ def build_tables(records: list[dict]) -> list[dict]:
             }
         )
     return out
+
+
+def _nfe1_rank(rows: list[dict], r: dict, metrics: list[str]) -> tuple:
+    """Sort key of a main-table row: its method's best mean first metric at NFE 1 (lower is better), then the
+    method, solver and NFE."""
+    m = (metrics or [""])[0]
+    best = min(
+        (
+            statistics.fmean(x["values"][m])
+            for x in rows
+            if x["method"] == r["method"] and x["nfe_sort"] == 1 and x["values"].get(m)
+        ),
+        default=math.inf,
+    )
+    return (best, r["method"], SOLVER_ORDER.get(r["solver"], 9), r["solver"], r["nfe_sort"])
 
 
 def _table_row(gkey: tuple, items: list[tuple[dict, dict, list]], metrics: list[str]) -> dict:
@@ -317,8 +340,17 @@ def render_markdown(tables: list[dict], skipped: list[tuple[str, str]] = ()) -> 
         "several).",
         "",
     ]
+    if any(t.get("kind") == "main" for t in tables):
+        lines += [
+            "Main tables: the records of `benchmark.yaml`'s jobs only (one recipe per method, named there with its",
+            "provenance; `bench sweep results/benchmark.yaml` regenerates them), sorted by each method's best quality",
+            "at NFE 1, the reference floor on top. Every other record in `runs/` is in the *more rows* tables below",
+            "them; records of older code live in `archive/` and are not rendered.",
+            "",
+        ]
     for t in tables:
-        lines += [f"## {t['title']}", ""]
+        more = t.get("kind") == "more" and any(x.get("kind") == "main" for x in tables)
+        lines += [f"## {t['title']}" + (": more rows (not benchmark jobs)" if more else ""), ""]
         lines += [_protocol_line(m, t["proto"][m]) for m in t["main"]]
         others = [m for m in t["metrics"] if m not in t["main"]]
         if others:
@@ -484,13 +516,34 @@ def render_all(results_dir: Path, timeout: float = LOCK_TIMEOUT_S) -> Rendered:
     results_dir = Path(results_dir)
     with results_lock(results_dir, timeout):
         records, skipped = scan_records(results_dir)
-        tables = build_tables(records)
+        tables = split_tables(records, benchmark_run_ids(results_dir))
         md, csv_path = results_dir / "LEADERBOARD.md", results_dir / "leaderboard.csv"
         atomic_write_text(md, render_markdown(tables, [(_relative(p, results_dir), why) for p, why in skipped]))
         atomic_write_text(csv_path, render_csv(tables))
         atomic_write_text(results_dir / "PUBLISHED.md", render_published())
         atomic_write_text(results_dir / "TARGETS.md", render_targets(records))
     return Rendered(md, csv_path, tables, skipped)
+
+
+BENCHMARK_FILE = "benchmark.yaml"
+
+
+def benchmark_run_ids(results_dir: Path) -> set[str] | None:
+    """Run ids of every job of ``<results>/benchmark.yaml``; None when the folder has no benchmark file."""
+    from bench.benchmark import plan
+
+    path = Path(results_dir) / BENCHMARK_FILE
+    return {p.run_id for p in plan(path)} if path.is_file() else None
+
+
+def split_tables(records: list[dict], bench_ids: set[str] | None) -> list[dict]:
+    """Main tables (benchmark jobs' records; every record when there is no benchmark file), then a table
+    of the remaining records per data set ("more rows": variants, ablations, user runs)."""
+    if bench_ids is None:
+        return build_tables(records)
+    main = build_tables([r for r in records if r["run_id"] in bench_ids], main=True)
+    more = build_tables([r for r in records if r["run_id"] not in bench_ids])
+    return main + more
 
 
 def render(results_dir: Path) -> tuple[Path, list[dict]]:

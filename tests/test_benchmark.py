@@ -1,0 +1,147 @@
+"""results/benchmark.yaml: it validates; its sweep reuses finished runs and runs teachers first; the leaderboard's
+main tables hold only its jobs, one row per (method, solver, NFE), and archived records are never rendered."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench.benchmark import plan, recipes
+from bench.errors import BenchError
+from bench.runner import load_builtins, resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["eval.nfe=[1]", "eval.solvers=[euler]", "eval.timing=false", "eval.n_gen=300", "eval.n_ref=300"]
+
+TINY = {
+    "smoke": True,
+    "sets": FAST,
+    "suites": {
+        "points": {
+            "datasets": ["moons"],
+            "seeds": [0],
+            "jobs": [
+                {"name": "flow", "method": "flow", "recipe": "test", "sets": ["train.steps=30"]},
+                {"name": "chargen", "method": "chargen", "teacher": "flow", "recipe": "test"},
+            ],
+        }
+    },
+}
+
+
+def test_committed_benchmark_validates():
+    load_builtins()
+    jobs = plan(ROOT / "results" / "benchmark.yaml")
+    assert len({p.run_id for p in jobs}) == len(jobs)
+    for p in jobs:  # every job resolves (its teacher's run id need not exist yet)
+        resolve_config(p.method, p.dataset, None, [s for s in p.sets if "teacher.run" not in s], p.seed, False)
+    points = [p for p in jobs if p.suite == "points"]
+    assert {p.dataset for p in points} == {"checkerboard", "8gaussians", "moons"}
+    assert {p.seed for p in points} == {0, 1, 2}
+    order = {p.run_id: i for i, p in enumerate(jobs)}
+    assert all(order[p.after] < order[p.run_id] for p in jobs if p.after)  # teachers first
+    names = recipes(ROOT / "results" / "benchmark.yaml")
+    assert {"flow", "chargen", "cd", "ct", "reflow", "shortcut", "meanflow", "gan-ns"} <= set(names)
+    assert all(len(r) > 20 for _, r in names.values())  # every recipe says where it comes from
+
+
+def test_run_ids_are_deterministic_and_follow_the_recipe():
+    a, b = plan(TINY), plan(json.loads(json.dumps(TINY)))
+    assert [p.run_id for p in a] == [p.run_id for p in b]
+    changed = json.loads(json.dumps(TINY))
+    changed["suites"]["points"]["jobs"][0]["sets"] = ["train.steps=31"]
+    c = plan(changed)
+    assert a[0].run_id != c[0].run_id and a[1].run_id != c[1].run_id  # the student follows its teacher
+    assert c[1].after == c[0].run_id and f"method.teacher.run={c[0].run_id}" in c[1].sets
+
+
+@pytest.mark.parametrize(
+    ("edit", "msg"),
+    [
+        (lambda d: d["suites"]["points"]["jobs"][1].update(teacher="nope"), "not an earlier job"),
+        (lambda d: d["suites"]["points"]["jobs"][1].update(name="flow"), "unique"),
+        (lambda d: d["suites"]["points"]["jobs"][0].update(recipe=" "), "recipe"),
+        (lambda d: d["suites"]["points"].update(colour="red"), "unknown config key"),
+        (lambda d: d.update(suites={}), "non-empty mapping"),
+    ],
+)
+def test_bad_benchmark_files_are_one_clear_error(edit, msg):
+    d = json.loads(json.dumps(TINY))
+    edit(d)
+    with pytest.raises(BenchError, match=msg):
+        plan(d)
+
+
+def _bench(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_sweep_reuses_finished_runs_and_main_table_holds_only_benchmark_rows(tmp_path):
+    import yaml
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "benchmark.yaml").write_text(yaml.safe_dump(TINY))
+    args = ["sweep", str(results / "benchmark.yaml"), "--out", str(results), "--runs-dir", str(tmp_path / "runs")]
+    p = _bench(tmp_path, *args)
+    assert p.returncode == 0, p.stdout + p.stderr
+    recs = sorted(results.glob("runs/**/*.json"))
+    assert [json.loads(r.read_text())["run_id"] for r in recs] == sorted(j.run_id for j in plan(TINY))
+    stamp = [r.stat().st_mtime_ns for r in recs]
+    p = _bench(tmp_path, *args)  # everything finished: nothing runs again
+    assert p.returncode == 0 and "2 finished (reused), 0 to run" in p.stdout + p.stderr, p.stdout + p.stderr
+    assert [r.stat().st_mtime_ns for r in recs] == stamp
+
+    # a user's extra run goes to "more rows"; an archived record is not rendered at all
+    p = _bench(
+        tmp_path,
+        "run",
+        "--method",
+        "flow",
+        "--dataset",
+        "moons",
+        "--smoke",
+        "--set",
+        "train.steps=31",
+        *[x for s in FAST for x in ("--set", s)],
+        "--out",
+        str(results),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
+    assert p.returncode == 0, p.stderr
+    extra = next(r for r in results.glob("runs/**/*.json") if r not in recs)
+    archived = results / "archive" / "runs" / "moons" / "old-run.json"
+    archived.parent.mkdir(parents=True)
+    old = json.loads(recs[0].read_text())
+    old.update(run_id="old-run", method_label="archived-method")
+    for row in old["rows"]:
+        row["label"] = "archived-method"
+    archived.write_text(json.dumps(old))
+    p = _bench(tmp_path, "leaderboard", "--out", str(results))
+    assert p.returncode == 0, p.stderr
+    from bench.leaderboard import benchmark_run_ids, split_tables
+    from bench.records import scan_records
+
+    records, _ = scan_records(results)
+    tables = split_tables(records, benchmark_run_ids(results))
+    main = [t for t in tables if t["kind"] == "main"]
+    more = [t for t in tables if t["kind"] == "more"]
+    assert len(main) == 1 and len(more) == 1
+    keys = Counter((r["method"], r["solver"], r["nfe_sort"]) for r in main[0]["rows"])
+    assert keys and max(keys.values()) == 1
+    assert not any(r["method"].endswith("(teacher)") for r in main[0]["rows"])
+    assert set(more[0]["rows"][0]["runs"]) == {json.loads(extra.read_text())["run_id"]}
+    md = (results / "LEADERBOARD.md").read_text()
+    assert "archived-method" not in md and "more rows (not benchmark jobs)" in md
+    shutil.rmtree(tmp_path / "runs")
