@@ -28,7 +28,7 @@ def run(name: str, seed: int, steps: int) -> dict[str, list[float]]:
         c_out = (s - S_MIN) * sd / (s**2 + sd**2).sqrt()
         return c_skip[:, None] * x + c_out[:, None] * m((x / (s**2 + sd**2).sqrt()[:, None]), s.log() / 4)
 
-    kp = math.floor(steps / (math.log2(1280 // 10) + 1))
+    kp = max(1, math.floor(steps / (math.log2(1280 // 10) + 1)))
     for k in range(steps):
         n = min(10 * 2 ** (k // kp), 1280) + 1
         i = torch.arange(n, dtype=torch.float64)

@@ -13,8 +13,15 @@ from bench.fairness import minimal_flow as fm
 from bench.fairness.harness import BATCH, LR, ema_, score
 
 
-def run(name: str, seed: int, teacher_steps: int, reflow_steps: int, distill_steps: int,
-        n_pairs: int = 20_000, pair_steps: int = 100) -> dict[str, list[float]]:
+def run(
+    name: str,
+    seed: int,
+    teacher_steps: int,
+    reflow_steps: int,
+    distill_steps: int,
+    n_pairs: int = 20_000,
+    pair_steps: int = 100,
+) -> dict[str, list[float]]:
     v1 = fm.train(name, seed, teacher_steps)
     gen = torch.Generator().manual_seed(seed + 7)
     z = torch.randn(n_pairs, 2, generator=gen)
@@ -35,5 +42,7 @@ def run(name: str, seed: int, teacher_steps: int, reflow_steps: int, distill_ste
         z = torch.randn(5000, 2, generator=gen)
         return z + ema(z, torch.zeros(5000))
 
-    return {"1": score(name, one_step, seed), "reflow-euler-2": score(
-        name, lambda g_: fm.euler(v2, torch.randn(5000, 2, generator=g_), 2), seed)}
+    return {
+        "1": score(name, one_step, seed),
+        "reflow-euler-2": score(name, lambda g_: fm.euler(v2, torch.randn(5000, 2, generator=g_), 2), seed),
+    }

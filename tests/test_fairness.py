@@ -1,0 +1,45 @@
+"""The minimal re-implementations (bench/fairness) run end to end on a tiny budget and the comparison table
+renders from their entries; their real numbers are a benchmark (results/fairness.md), not a timed test."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench.fairness import __main__ as fair
+from bench.fairness import minimal_cd, minimal_gan, minimal_ict, minimal_meanflow, minimal_reflow, minimal_shortcut
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda: minimal_meanflow.run("moons", 0, 3),
+        lambda: minimal_ict.run("moons", 0, 3),
+        lambda: minimal_shortcut.run("moons", 0, 3),
+        lambda: minimal_cd.run("moons", 0, 3, 3),
+        lambda: minimal_reflow.run("moons", 0, 3, 3, 3, n_pairs=256, pair_steps=4),
+        lambda: minimal_gan.run("moons", 0, 3, "wgan-gp"),
+        lambda: minimal_gan.run("moons", 0, 3, "hinge-sn"),
+    ],
+)
+def test_minimal_versions_run_and_score(run, monkeypatch):
+    from bench.fairness import harness
+
+    monkeypatch.setattr(harness, "N_EVAL", 200)  # exact OT on 5,000 points takes seconds per repeat
+    out = run()
+    assert "1" in out and all(len(v) == 3 and all(math.isfinite(x) and x > 0 for x in v) for v in out.values())
+
+
+def test_fairness_table_pairs_minimal_entries_with_benchmark_records(tmp_path):
+    (tmp_path / "benchmark.yaml").write_text(
+        "suites:\n  points:\n    datasets: [moons]\n    seeds: [0]\n    jobs:\n"
+        "      - {name: meanflow, method: meanflow, recipe: test recipe of the unit test}\n"
+    )
+    (tmp_path / "fairness.json").write_text(
+        json.dumps([{"job": "meanflow", "dataset": "moons", "seed": 0, "budget": "3 steps", "w2": {"1": [0.5, 0.7]}}])
+    )
+    md = fair.render(tmp_path)
+    assert "| meanflow | moons | 3 steps | 1 | 0.600 ± 0.100 | - | - | 1 / 0 |" in md
+    assert fair.main(["--results", str(tmp_path), "--methods", "nope"]) == 2
