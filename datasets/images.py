@@ -209,6 +209,9 @@ class _MNISTLike(ImageDataset):
     smoke: ClassVar[dict[str, Any]] = {"n_train": 2048}
     tv_class: ClassVar[str] = "MNIST"
     url_hint: ClassVar[str] = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+    # system copies (read-only; their files, plain or .gz, are unpacked into <root>/<tv_class>/raw/ on first use)
+    system_dirs: ClassVar[tuple[str, ...]] = ("/usr/share/datasets/mnist",)
+    apt_package: ClassVar[str] = ""  # Debian package that installs them, named in the missing-files error
 
     def __init__(self, cfg: MNISTConfig, seed: int = 0) -> None:
         self._ensure_files(cfg)
@@ -226,8 +229,19 @@ class _MNISTLike(ImageDataset):
         raw = self.raw_dir(cfg)
         for f in self._missing(raw):  # the official .gz files are accepted and unpacked next to them
             gz = raw / (f + ".gz")
+            if not gz.is_file():  # then a system copy (e.g. Debian's dataset-fashion-mnist)
+                sys_file = next(
+                    (Path(d) / n for d in self.system_dirs for n in (f + ".gz", f) if (Path(d) / n).is_file()), None
+                )
+                if sys_file is not None and sys_file.suffix != ".gz":
+                    raw.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(raw / f) as tmp:
+                        shutil.copyfile(sys_file, tmp)
+                    continue
+                gz = sys_file or gz
             if gz.is_file():
                 try:  # unpacked to a temporary file and renamed: a kill never leaves a truncated idx file
+                    raw.mkdir(parents=True, exist_ok=True)
                     with atomic_path(raw / f) as tmp, gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
                         shutil.copyfileobj(src, dst)
                 except OSError as e:
@@ -241,7 +255,13 @@ class _MNISTLike(ImageDataset):
             raise BenchError(
                 f"{self.name} not found: expected {', '.join(str(raw / f) for f in MNIST_FILES)} "
                 f"(missing: {', '.join(missing)}; the official .gz files are also accepted); "
-                f"put the files from {self.url_hint} there (--set data.root=DIR to change {cfg.root!r}), {how}"
+                f"put the files from {self.url_hint} there (--set data.root=DIR to change {cfg.root!r})"
+                + (
+                    f" or `apt-get install {self.apt_package}` (read from {', '.join(self.system_dirs)})"
+                    if self.apt_package
+                    else ""
+                )
+                + f", {how}"
             )
 
     def _load(self, split: str) -> Tensor:
@@ -275,6 +295,8 @@ class FashionMNIST(_MNISTLike):
     name = "fashion-mnist"
     tv_class = "FashionMNIST"
     url_hint = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    system_dirs = ("/usr/share/datasets/fashion-mnist",)
+    apt_package = "dataset-fashion-mnist"
 
 
 # ----------------------------------------------------------------------------------------------

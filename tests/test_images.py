@@ -152,6 +152,36 @@ def test_mnist_official_gz_files_are_accepted(tmp_path):
     assert torch.equal(make("mnist", root=str(tmp_path)).split_u8("test")[:, 0], torch.from_numpy(written["t10k"]))
 
 
+def test_fashion_mnist_found_in_the_system_location(tmp_path, monkeypatch):
+    """Debian's dataset-fashion-mnist layout (official .gz files in one folder) is found when data.root has none;
+    the files are unpacked into <root>/FashionMNIST/raw/ and the error names the package when both are absent."""
+    from bench.datasets.images import FashionMNIST
+
+    system = tmp_path / "usr-share"
+    written = fake_mnist(system, "x", gz=True)
+    (system / "fm").mkdir()
+    for f in (system / "x" / "raw").iterdir():
+        f.rename(system / "fm" / f.name)
+    monkeypatch.setattr(FashionMNIST, "system_dirs", (str(system / "fm"),))
+    ds = make("fashion-mnist", root=str(tmp_path / "data"))
+    assert torch.equal(ds.split_u8("test")[:, 0], torch.from_numpy(written["t10k"]))
+    assert (tmp_path / "data" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
+    monkeypatch.setattr(FashionMNIST, "system_dirs", (str(tmp_path / "nowhere"),))
+    with pytest.raises(BenchError, match="apt-get install dataset-fashion-mnist"):
+        make("fashion-mnist", root=str(tmp_path / "empty"))
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
+    reason="the real files come with `apt-get install dataset-fashion-mnist`",
+)
+def test_real_fashion_mnist_from_the_system_package(tmp_path):
+    ds = make("fashion-mnist", root=str(tmp_path))
+    train, test = ds.split_u8("train"), ds.split_u8("test")
+    assert train.shape == (60000, 1, 28, 28) and test.shape == (10000, 1, 28, 28)
+    assert 60 < float(train.float().mean()) < 80  # Fashion-MNIST's mean pixel is 72.9 (of 255)
+
+
 def test_mnist_missing_files_one_clear_error(tmp_path):
     with pytest.raises(BenchError) as e:
         make("mnist", root=str(tmp_path))
