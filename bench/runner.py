@@ -30,6 +30,7 @@ from bench.errors import BenchError
 from bench.metrics.registry import preflight
 from bench.records import git_commit, now_utc, package_versions, write_record
 from bench.registry import DATASETS, METHODS
+from bench.resources import check_fits
 
 # --smoke: a tiny budget that finishes any method on any synthetic data set in well under a minute.
 SMOKE: dict[str, Any] = {
@@ -229,6 +230,11 @@ def build(cfg: RunConfig, workdir: Path, device: torch.device):
     mcls = METHODS.get(cfg.method_name)
     if dataset.spec.kind not in getattr(mcls, "kinds", ("points",)):
         raise BenchError(f"method {cfg.method_name!r} does not support {dataset.spec.kind} data ({cfg.dataset_name})")
+    check_fits(
+        f"method {cfg.method_name!r} on {cfg.dataset_name}",
+        lambda: mcls(cfg.method, dataset.spec, cfg.train, workdir),
+        device,
+    )
     method = mcls(cfg.method, dataset.spec, cfg.train, workdir)
     method.registered_name = cfg.method_name
     method = method.to(device)
@@ -262,6 +268,8 @@ def train_prepared(run: Run, resume: bool = False, progress: Any = None) -> Run:
     apply_backend_flags(run.cfg)
     if run.dist.is_main:
         run.folder.mkdir(parents=True, exist_ok=True)
+        for stale in run.folder.glob(".*.tmp"):  # a killed atomic write's leftover (the target is intact)
+            stale.unlink(missing_ok=True)
         atomic_write_text(run.folder / "config.yaml", yaml.safe_dump(run.config_dict, sort_keys=False))
     run.dist.barrier()
     run.state = engine.train(
