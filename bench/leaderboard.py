@@ -100,7 +100,7 @@ def _fmt_wall(s: float | None) -> str:
     return f"{s:.0f} s" if s < 600 else f"{s / 60:.1f} min"
 
 
-def _fmt_count(n: float | None) -> str:
+def fmt_count(n: float | None) -> str:
     """Network passes, compact: 1.23G."""
     if n is None:
         return "-"
@@ -153,7 +153,7 @@ def train_time(rec: dict, label: str) -> tuple[float | None, bool]:
     return (total + reused, True) if reused is not None else (total, False)
 
 
-def _network_passes(rec: dict, row: dict) -> float | None:
+def network_passes(rec: dict, row: dict) -> float | None:
     """``train.cost.network_passes`` of the row, else of the record (teacher included by the engine)."""
     for src in (row.get("train"), rec.get("train")):
         cost = src.get("cost") if isinstance(src, dict) else None
@@ -268,7 +268,7 @@ def _table_row(gkey: tuple, items: list[tuple[dict, dict, list]], metrics: list[
     nfes = [row["nfe"] for _, row, _ in items if _is_num(row.get("nfe"))]
     trains = [train_time(rec, label) for rec in recs]
     train_s = [s for s, _ in trains if s is not None]
-    passes = [p for rec, row, _ in items if (p := _network_passes(rec, row)) is not None]
+    passes = [p for rec, row, _ in items if (p := network_passes(rec, row)) is not None]
     loads = [timing_load(rec, row) for rec, row in timed]
     load_max = max((la for la, _ in loads if la is not None), default=None)
     cores = [c for _, c in loads if c is not None]
@@ -373,7 +373,7 @@ def render_markdown(tables: list[dict], skipped: list[tuple[str, str]] = ()) -> 
                 _fmt_time(r["per_sample_s"]) + (f" {LOADED_MARK}" if r["loaded"] else ""),
                 f"{r['ratio']:.1f}" if r["ratio"] is not None else "-",
                 _fmt_wall(r["train_s"]) + (f" {TEACHER_MARK}" if r["train_teacher_added"] else ""),
-                *([_fmt_count(r["train_passes"])] if passes else []),
+                *([fmt_count(r["train_passes"])] if passes else []),
                 str(r["seeds"]) + (f" (+{r['copies_dropped']} dup)" if r["copies_dropped"] else ""),
                 r["device"],
             ]

@@ -145,3 +145,20 @@ def test_sweep_reuses_finished_runs_and_main_table_holds_only_benchmark_rows(tmp
     md = (results / "LEADERBOARD.md").read_text()
     assert "archived-method" not in md and "more rows (not benchmark jobs)" in md
     shutil.rmtree(tmp_path / "runs")
+
+
+def test_headline_table_from_benchmark_records(tmp_path):
+    """The README's headline block is rebuilt from the benchmark's records (here: none yet -> dashes)."""
+    import yaml
+
+    from bench import headline
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "benchmark.yaml").write_text(yaml.safe_dump(TINY))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{headline.START}\nold\n{headline.END}\nrest\n")
+    headline.write(readme, results)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "| chargen | 1 | - | - | - |" in text and "moons W2" in text
