@@ -9,7 +9,15 @@ import math
 import pytest
 
 from bench.fairness import __main__ as fair
-from bench.fairness import minimal_cd, minimal_gan, minimal_ict, minimal_meanflow, minimal_reflow, minimal_shortcut
+from bench.fairness import (
+    minimal_cd,
+    minimal_ect,
+    minimal_gan,
+    minimal_ict,
+    minimal_meanflow,
+    minimal_reflow,
+    minimal_shortcut,
+)
 
 
 @pytest.mark.parametrize(
@@ -19,6 +27,7 @@ from bench.fairness import minimal_cd, minimal_gan, minimal_ict, minimal_meanflo
         lambda: minimal_ict.run("moons", 0, 3),
         lambda: minimal_shortcut.run("moons", 0, 3),
         lambda: minimal_cd.run("moons", 0, 3, 3),
+        lambda: minimal_ect.run("moons", 0, 3, 3),
         lambda: minimal_reflow.run("moons", 0, 3, 3, 3, n_pairs=256, pair_steps=4),
         lambda: minimal_gan.run("moons", 0, 3, "wgan-gp"),
         lambda: minimal_gan.run("moons", 0, 3, "hinge-sn"),

@@ -25,6 +25,7 @@ import torch
 
 from bench.fairness import (
     minimal_cd,
+    minimal_ect,
     minimal_flow,
     minimal_gan,
     minimal_ict,
@@ -40,6 +41,7 @@ MINIMAL: dict[str, tuple[Any, str]] = {
     "ct": (lambda d, s: minimal_ict.run(d, s, 7000), "7,000 steps"),
     "shortcut": (lambda d, s: minimal_shortcut.run(d, s, 7000), "7,000 steps"),
     "cd": (lambda d, s: minimal_cd.run(d, s, 4000, 6000), "teacher 4,000 + fit 6,000 steps"),
+    "ect": (lambda d, s: minimal_ect.run(d, s, 4000, 6000), "teacher 4,000 + fit 6,000 steps"),
     "reflow": (lambda d, s: minimal_reflow.run(d, s, 4000, 3000, 3000), "teacher 4,000 + reflow 3,000 + distill 3,000"),
     "gan-ns": (lambda d, s: minimal_gan.run(d, s, 10000, "ns"), "10,000 G steps"),
     "wgan-gp": (lambda d, s: minimal_gan.run(d, s, 5000, "wgan-gp"), "5,000 G steps"),
