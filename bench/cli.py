@@ -769,8 +769,10 @@ def _error(msg: str) -> None:
 
 def main() -> None:
     """Console entry point: user errors (bad names, keys, values, paths, usage) print one line and exit 2."""
+    ok = False
     try:
         code = app(standalone_mode=False) if len(sys.argv) > 1 else app()
+        ok = code in (None, 0)
     except BenchError as e:
         _error(str(e))
         sys.exit(2)
@@ -785,7 +787,7 @@ def main() -> None:
         dist = sys.modules.get("bench.distributed")
         if dist is not None:
             with contextlib.suppress(Exception):  # a peer already gone must not turn the exit into a traceback
-                dist.shutdown()
+                dist.shutdown(sync=ok)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
 

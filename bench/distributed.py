@@ -123,8 +123,15 @@ def current() -> Dist:
     return _DIST if _DIST is not None else Dist()
 
 
-def shutdown() -> None:
+def shutdown(sync: bool = True) -> None:
+    """Leave the process group. ``sync``: first wait for every rank (a clean exit), so no rank tears down its
+    gloo connections while a peer's are still in use (that race aborted a rank with std::terminate, about one
+    exit in 15); after an error a peer may be gone, so no waiting then."""
     global _DIST
     if _DIST is not None and _DIST.active and tdist.is_initialized():
-        tdist.destroy_process_group()
+        try:
+            if sync:
+                tdist.barrier()
+        finally:
+            tdist.destroy_process_group()
     _DIST = None

@@ -4,6 +4,7 @@ with one line (its parameter count and the GiB it needs), instead of a traceback
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def meta_param_count(build: Any) -> int | None:
     """Parameters of ``build()`` constructed on the meta device (no memory); None if it cannot be built there
     (the real build then reports its own error)."""
     try:
-        with torch.device("meta"):
+        # a constructor that loads saved weights (a teacher's) warns that copying into meta tensors is a no-op
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             m = build()
     except BenchError:
         raise
