@@ -46,6 +46,11 @@ def _config_key(rec: dict) -> str:
     cfg = {k: v for k, v in resolved_config(rec["config"]).items() if k not in _DROP_FROM_KEY}
     if isinstance(cfg.get("eval"), dict):
         cfg["eval"] = {k: v for k, v in cfg["eval"].items() if k not in _EVAL_SELECTION}
+    teacher = cfg.get("method", {}).get("teacher") if isinstance(cfg.get("method"), dict) else None
+    if isinstance(teacher, dict) and "run" in teacher:
+        # which run folder the teacher was read from is provenance, like the seed: the benchmark trains one
+        # teacher per seed, and their students share a row (the teacher's own config stays in the key)
+        cfg["method"] = {**cfg["method"], "teacher": {k: v for k, v in teacher.items() if k != "run"}}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -162,3 +162,17 @@ def test_headline_table_from_benchmark_records(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert "| chargen | 1 | - | - | - |" in text and "moons W2" in text
+
+
+def test_students_of_per_seed_teachers_share_one_config_group():
+    """The benchmark trains one teacher per seed; the run folder a student read it from is provenance, not
+    config, so the seeds' records share a row, while a different teacher config does not."""
+    from bench.leaderboard import _config_key
+
+    def rec(seed: int, teacher_run: str, hidden: int = 256) -> dict:
+        flow = {"net": {"hidden": hidden}}
+        return {"config": {"method_name": "chargen", "seed": seed, "method": {"teacher": {"run": teacher_run, "flow": flow}}}}
+
+    a, b = rec(0, "flow-checkerboard-s0-aaaaaa"), rec(1, "flow-checkerboard-s1-bbbbbb")
+    assert _config_key(a) == _config_key(b)
+    assert _config_key(a) != _config_key(rec(0, "flow-checkerboard-s0-aaaaaa", hidden=128))
