@@ -171,7 +171,13 @@ def test_students_of_per_seed_teachers_share_one_config_group():
 
     def rec(seed: int, teacher_run: str, hidden: int = 256) -> dict:
         flow = {"net": {"hidden": hidden}}
-        return {"config": {"method_name": "chargen", "seed": seed, "method": {"teacher": {"run": teacher_run, "flow": flow}}}}
+        return {
+            "config": {
+                "method_name": "chargen",
+                "seed": seed,
+                "method": {"teacher": {"run": teacher_run, "flow": flow}},
+            }
+        }
 
     a, b = rec(0, "flow-checkerboard-s0-aaaaaa"), rec(1, "flow-checkerboard-s1-bbbbbb")
     assert _config_key(a) == _config_key(b)
