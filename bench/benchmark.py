@@ -139,6 +139,14 @@ def recipes(path_or_raw: str | Path | dict) -> dict[str, tuple[str, str]]:
     return out
 
 
+def train_argv(p: Planned, runs_dir: Path, device: str = "auto") -> list[str]:
+    """``bench train`` of job ``p`` into its run folder (no evaluation, no record): the teacher checkpoint of a
+    job whose record exists but whose run folder is gone (a fresh clone keeps records, not ``runs/``)."""
+    a = argv(p, Path("."), runs_dir, False, device)
+    i = a.index("--out")
+    return ["train", *a[1:i], *a[i + 2 :]]
+
+
 def argv(p: Planned, out: Path, runs_dir: Path, resume: bool, device: str = "auto") -> list[str]:
     a = ["run", "--method", p.method, "--dataset", p.dataset, "--seed", str(p.seed), "--device", device]
     a += ["--out", str(out), "--runs-dir", str(runs_dir), "--run-id", p.run_id]

@@ -123,26 +123,33 @@ def run_benchmark_local(
     Returns (run id, exit code, last output lines) per job: code 0 also for reused runs."""
     import threading
 
-    from bench.benchmark import argv
+    from bench.benchmark import argv, train_argv
     from bench.records import record_path
 
     threads = max(1, min(cores_available(), int(os.environ.get("OMP_NUM_THREADS", "0")) or 10**6) // workers)
     done = {p.run_id: threading.Event() for p in planned}
     codes: dict[str, int] = {}
     results: list[tuple[str, int, str]] = [("", 0, "")] * len(planned)
+    # teachers whose students still have to run: their checkpoints must exist, not only their records
+    needed = {q.after for q in planned if q.after and not record_path(out, q.dataset, q.run_id).is_file()}
 
     def one(i: int) -> None:
         p = planned[i]
         try:
             if p.after:
                 done[p.after].wait()
-            if record_path(out, p.dataset, p.run_id).is_file():
+            ckpt = Path(runs_dir) / p.run_id / "ckpt.pt"
+            if record_path(out, p.dataset, p.run_id).is_file() and p.run_id in needed and not ckpt.is_file():
+                # same config and seed: the teacher its record describes, re-trained (not re-evaluated; thread
+                # counts may change the last bits of the weights)
+                code, tail = run_job(train_argv(p, runs_dir, device), threads)
+                tail = f"record reused; checkpoint re-trained for its students: {tail}"
+            elif record_path(out, p.dataset, p.run_id).is_file():
                 code, tail = 0, "reused (record exists)"
             elif p.after and codes.get(p.after, 1) != 0:
                 code, tail = 1, f"not run: its teacher {p.after} failed"
             else:
-                resume = (Path(runs_dir) / p.run_id / "ckpt.pt").is_file()
-                code, tail = run_job(argv(p, out, runs_dir, resume, device), threads)
+                code, tail = run_job(argv(p, out, runs_dir, ckpt.is_file(), device), threads)
             codes[p.run_id] = code
             results[i] = (p.run_id, code, tail)
             if report is not None:

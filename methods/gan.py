@@ -5,7 +5,9 @@ D step (``n_critic`` times per G step), with x ~ data, z ~ N(0, I), D(.) a real-
   wgan   L_D = E D(G(z)) - E D(x),                         L_G = -E D(G(z))              Arjovsky et al. 2017
   hinge  L_D = E relu(1 - D(x)) + E relu(1 + D(G(z))),     L_G = -E D(G(z))              Lim & Ye 2017
 plus ``gp_weight`` * E (||grad D(x_hat)||_2 - 1)^2 on random interpolates x_hat (Gulrajani et al. 2017, eq. 3)
-and optional spectral normalisation of every D layer (Miyato et al. 2018). Samples come from the generator
+and/or ``r1_weight``/2 * E ||grad D(x)||^2 on real data (R1, Mescheder et al. 2018 eq. 9: the penalty under
+which their analysis shows the non-saturating GAN converges locally; StyleGAN's regulariser), and optional
+spectral normalisation of every D layer (Miyato et al. 2018). Samples come from the generator
 EMA (train.ema_decay; 0 = the online generator).
 """
 
@@ -69,6 +71,13 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
+def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
+    """E ||grad_x D(x)||_2^2 on real samples x (R1 of Mescheder et al. 2018; the loss adds r1_weight / 2 x this)."""
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return grad.flatten(1).pow(2).sum(1).mean()
+
+
 # -- networks ----------------------------------------------------------------------------------------------
 
 
@@ -116,6 +125,7 @@ def spectral_normalise(net: nn.Module) -> nn.Module:
 class GANConfig:
     loss: Literal["ns", "wgan", "hinge"] = "ns"  # ns: non-saturating; wgan: Wasserstein critic; hinge
     gp_weight: float = 0.0  # weight of the gradient penalty on random interpolates; 0 = off (WGAN-GP: 10)
+    r1_weight: float = 0.0  # gamma of the R1 penalty gamma/2 E||grad D(x_real)||^2; 0 = off
     spectral_norm: bool = False  # spectral normalisation of every D layer (SNGAN)
     n_critic: int = 1  # D updates per G update; train.steps counts G updates
     lr_g: float = 2e-4  # generator Adam learning rate (train.lr is not used)
@@ -134,6 +144,8 @@ class GANConfig:
             raise BenchError(f"method.gp_weight must be >= 0 (got {self.gp_weight})")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise BenchError(f"method.betas must be two numbers in [0, 1) (got {self.betas})")
+        if not self.r1_weight >= 0:
+            raise BenchError(f"method.r1_weight must be >= 0 (got {self.r1_weight})")
         if self.latent_dim < 0:
             raise BenchError(f"method.latent_dim must be >= 0 (got {self.latent_dim})")
         if self.loss == "wgan" and self.gp_weight == 0 and not self.spectral_norm:
@@ -167,6 +179,7 @@ class GAN(Method):
     def label(self) -> str:
         c = self.cfg
         tags = [c.loss] + ([f"gp{c.gp_weight:g}"] if c.gp_weight > 0 else []) + (["sn"] if c.spectral_norm else [])
+        tags += [f"r1={c.r1_weight:g}"] if c.r1_weight > 0 else []
         return f"gan[{','.join(tags)}]"
 
     def critic_loss(self, b: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -181,6 +194,10 @@ class GAN(Method):
             gp = gradient_penalty(self.d, real, fake, b.rand())
             loss = loss + self.cfg.gp_weight * gp
             logs["gp"] = gp
+        if self.cfg.r1_weight > 0:
+            r1 = r1_penalty(self.d, real)
+            loss = loss + 0.5 * self.cfg.r1_weight * r1
+            logs["r1"] = r1
         return loss, logs
 
     def generator_loss(self, b: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:

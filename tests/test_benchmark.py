@@ -102,6 +102,19 @@ def test_sweep_reuses_finished_runs_and_main_table_holds_only_benchmark_rows(tmp
     assert p.returncode == 0 and "2 finished (reused), 0 to run" in p.stdout + p.stderr, p.stdout + p.stderr
     assert [r.stat().st_mtime_ns for r in recs] == stamp
 
+    # a fresh clone has the records but no run folders: a student still to run gets its teacher re-trained
+    # (checkpoint only; the teacher's record is kept as it is)
+    teacher_id, student_id = (j.run_id for j in plan(TINY))
+    student = next(r for r in recs if json.loads(r.read_text())["run_id"] == student_id)
+    teacher = next(r for r in recs if r != student)
+    shutil.rmtree(tmp_path / "runs")
+    student.unlink()
+    p = _bench(tmp_path, *args)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (tmp_path / "runs" / teacher_id / "ckpt.pt").is_file() and student.is_file()
+    assert teacher.stat().st_mtime_ns == stamp[recs.index(teacher)]
+    assert "checkpoint re-trained" in p.stdout + p.stderr
+
     # a user's extra run goes to "more rows"; an archived record is not rendered at all
     p = _bench(
         tmp_path,

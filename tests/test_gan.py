@@ -151,10 +151,40 @@ def test_method_step_and_sample(name, shape):
     assert m.sampling_params() == sum(p.numel() for p in m.g.parameters())
 
 
+def test_r1_enters_the_critic_loss_and_the_label():
+    torch.manual_seed(0)
+    cls = METHODS.get("gan-ns")
+    train = from_dict(TrainConfig, {"batch_size": 8})
+    spec = DataSpec("x", "points", (2,), True)
+    x = torch.randn(8, 2)
+    losses = {}
+    for w in (0.0, 2.0):
+        b = Batch(x, 8, 0, 8, 0, torch.device("cpu"), 0)  # fresh: its noise stream restarts
+        torch.manual_seed(0)
+        m = cls(from_dict(cls.Config, {**cls.smoke, "r1_weight": w}), spec, train)
+        loss, logs = m.critic_loss(b, 0)
+        losses[w] = (loss, logs)
+    assert "r1" not in losses[0.0][1] and m.label() == "gan[ns,r1=2]"
+    torch.testing.assert_close(losses[2.0][0], losses[0.0][0] + losses[2.0][1]["r1"])  # + gamma / 2 * R1
+
+
 def test_mlp_sizes_match_flow_options():
     cfg = from_dict(gan.GANConfig, {"g": {"hidden": 32, "depth": 2}})
     g = gan.mlp(16, 2, cfg.g.hidden, cfg.g.depth, nn.ReLU)
     assert sum(p.numel() for p in g.parameters()) == (16 * 32 + 32) + 2 * (32 * 32 + 32) + (32 * 2 + 2)
+
+
+def test_r1_penalty_closed_form_and_gradient():
+    """Linear critic: ||grad_x D||^2 = ||w||^2 at every x, so R1 = ||w||^2 and d R1 / dw = 2 w."""
+    torch.manual_seed(0)
+    critic = nn.Linear(4, 1)
+    r1 = gan.r1_penalty(lambda x: critic(x).squeeze(1), torch.randn(32, 4))
+    torch.testing.assert_close(r1, critic.weight.pow(2).sum())
+    (g,) = torch.autograd.grad(r1, critic.weight)
+    torch.testing.assert_close(g, 2 * critic.weight.detach())
+    quad = lambda x: 0.5 * x.pow(2).sum(1)  # noqa: E731 - grad = x: R1 = E||x||^2
+    x = torch.randn(64, 3)
+    torch.testing.assert_close(gan.r1_penalty(quad, x), x.pow(2).sum(1).mean())
 
 
 @pytest.mark.parametrize(
@@ -164,6 +194,7 @@ def test_mlp_sizes_match_flow_options():
         ({"lr_g": -1}, "lr_g"),
         ({"lr_d": 0}, "lr_d"),
         ({"gp_weight": -1}, "gp_weight"),
+        ({"r1_weight": -0.1}, "r1_weight"),
         ({"betas": [0.5]}, "betas"),
         ({"loss": "wgan", "gp_weight": 0}, "Lipschitz"),
         ({"g": {"hidden": 0}}, "hidden"),
