@@ -77,7 +77,8 @@ def network_modules(method: nn.Module) -> dict[str, nn.Module]:
 class PassCounter:
     """Counts network passes over samples with forward hooks: each forward of a batch of B counts B, B more
     when it is a forward-mode JVP (its output is a dual tensor: the tangent is propagated alongside the primal,
-    about a forward's work), and 2B more when its output carries a graph (the backward through it).
+    about a forward's work), and twice those when its output carries a graph (the backward through it): 3B for
+    a forward with backward, 2B for a JVP under no_grad, 6B for a JVP differentiated through.
     No host sync: shapes only."""
 
     def __init__(self, method: nn.Module) -> None:
@@ -91,7 +92,10 @@ class PassCounter:
             self.total += n
             return
         dual = forward_ad.unpack_dual(output).tangent is not None
-        self.total += n * (1 + dual + 2 * output.requires_grad)
+        graph = output.requires_grad
+        if dual and not graph:  # inside torch.func.jvp the output hides its graph: ask grad mode and the weights
+            graph = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+        self.total += n * (1 + dual) * (1 + 2 * graph)
 
     def close(self) -> None:
         for h in self._handles:

@@ -17,6 +17,7 @@ from bench.fairness import (
     minimal_meanflow,
     minimal_reflow,
     minimal_shortcut,
+    minimal_tvm,
 )
 
 
@@ -26,6 +27,7 @@ from bench.fairness import (
         lambda: minimal_meanflow.run("moons", 0, 3),
         lambda: minimal_ict.run("moons", 0, 3),
         lambda: minimal_shortcut.run("moons", 0, 3),
+        lambda: minimal_tvm.run("moons", 0, 3),
         lambda: minimal_cd.run("moons", 0, 3, 3),
         lambda: minimal_ect.run("moons", 0, 3, 3),
         lambda: minimal_reflow.run("moons", 0, 3, 3, 3, n_pairs=256, pair_steps=4),

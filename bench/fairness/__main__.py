@@ -32,6 +32,7 @@ from bench.fairness import (
     minimal_meanflow,
     minimal_reflow,
     minimal_shortcut,
+    minimal_tvm,
 )
 
 # job name in results/benchmark.yaml -> (minimal run at that job's step budget, what the budget is)
@@ -40,6 +41,7 @@ MINIMAL: dict[str, tuple[Any, str]] = {
     "meanflow": (lambda d, s: minimal_meanflow.run(d, s, 7000), "7,000 steps"),
     "ct": (lambda d, s: minimal_ict.run(d, s, 7000), "7,000 steps"),
     "shortcut": (lambda d, s: minimal_shortcut.run(d, s, 7000), "7,000 steps"),
+    "tvm": (lambda d, s: minimal_tvm.run(d, s, 7000), "7,000 steps"),
     "cd": (lambda d, s: minimal_cd.run(d, s, 4000, 6000), "teacher 4,000 + fit 6,000 steps"),
     "ect": (lambda d, s: minimal_ect.run(d, s, 4000, 6000), "teacher 4,000 + fit 6,000 steps"),
     "reflow": (lambda d, s: minimal_reflow.run(d, s, 4000, 3000, 3000), "teacher 4,000 + reflow 3,000 + distill 3,000"),
