@@ -338,3 +338,17 @@ def test_eval_grid_uses_the_fixed_seed_range(tmp_path):
     expect = np.asarray(grid_image(to_uint8(seeded_noise((1, 8, 8), range(123, 187)))))
     with Image.open(tmp_path / rel) as im:
         assert np.array_equal(np.asarray(im), expect)
+
+
+def test_smoke_on_image_data_uses_the_micro_unet_unless_set():
+    """--smoke on 28 px data: every U-Net left at "auto" (28 px: "small", ~4 s a step on 2 cores) becomes
+    "micro"; a preset the user names is kept, and points data are untouched."""
+    from bench.runner import SMOKE_UNET, resolve_config
+
+    assert resolve_config("flow", "fashion-mnist", None, [], None, True).method.net.unet == SMOKE_UNET
+    chargen = resolve_config("chargen", "fashion-mnist", None, [], None, True).method
+    assert chargen.teacher.flow.net.unet == SMOKE_UNET
+    named = resolve_config("flow", "fashion-mnist", None, ["method.net.unet=tiny"], None, True)
+    assert named.method.net.unet == "tiny"
+    assert resolve_config("flow", "fashion-mnist", None, [], None, False).method.net.unet == "auto"
+    assert resolve_config("flow", "moons", None, [], None, True).method.net.unet == "auto"
