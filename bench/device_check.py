@@ -51,8 +51,8 @@ def time_sampling(budget_s: float = 360.0, batches: tuple[int, ...] = (1, 1024))
     """One row per (preset, dtype, compile, method, NFE, batch); compiled configurations are skipped (and
     listed as such) once ``budget_s`` is spent, so the whole check stays within its time limit."""
     from bench.config import EvalConfig
-    from bench.evaluate import sampling_mode
     from bench.methods.base import EvalPoint
+    from bench.sampling import sampling_mode
     from bench.timing import time_call
 
     if not torch.cuda.is_available():

@@ -22,6 +22,7 @@ from bench.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.methods.base import Batch, Method, Stage, Update, ema_update, step_seed
+from bench.netswap import PRECISIONS, resolve_net, swapped
 
 
 class TrainingDiverged(BenchError):
@@ -36,9 +37,6 @@ class TrainState:
     last_logs: dict[str, dict[str, float]] = field(default_factory=dict)
     stage_info: dict[str, Any] = field(default_factory=dict)
     passes: dict[str, int] = field(default_factory=dict)  # per-stage network passes over samples (fwd 1, bwd 2)
-
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _training_part(config: dict) -> dict:
@@ -116,31 +114,6 @@ def _trim_log(path: Path, stage_names: list[str], state: TrainState) -> None:
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
-def _resolve(method: nn.Module, path: str) -> tuple[nn.Module, str]:
-    parent = method
-    *head, last = path.split(".")
-    for p in head:
-        parent = getattr(parent, p)
-    if not isinstance(getattr(parent, last, None), nn.Module):
-        raise BenchError(f"update names {path!r}, which is not a network of {type(method).__name__}")
-    return parent, last
-
-
-@contextlib.contextmanager
-def _swapped(method: nn.Module, wrapped: dict[str, nn.Module]):
-    """Let the method's attributes point at the engine's wrappers (DDP, compiled) while its loss runs."""
-    saved = []
-    for path, w in wrapped.items():
-        parent, last = _resolve(method, path)
-        saved.append((parent, last, parent._modules[last]))
-        parent._modules[last] = w
-    try:
-        yield
-    finally:
-        for parent, last, m in reversed(saved):
-            parent._modules[last] = m
-
-
 @contextlib.contextmanager
 def _frozen(modules: list[nn.Module]):
     flags = [[p.requires_grad for p in m.parameters()] for m in modules]
@@ -170,7 +143,7 @@ class _UpdateRunner:
 
     def __init__(self, method: Method, u: Update, tc: Any, device: torch.device, dist: Dist, steps: int) -> None:
         self.u = u
-        self.nets = {p: getattr(*_resolve(method, p)) for p in u.nets}
+        self.nets = {p: getattr(*resolve_net(method, p)) for p in u.nets}
         self.params = [p for m in self.nets.values() for p in m.parameters() if p.requires_grad]
         self.opt = u.build_optimizer(self.params)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -261,7 +234,7 @@ def train(
             full = data_batch(n) if u.data else None
             b = Batch(full, n, lo, hi, step_seed(cfg.seed, si, ui, rep, step), device, step)
             with _frozen(others):
-                with _swapped(method, r.wrapped), autocast:
+                with swapped(method, r.wrapped), autocast:
                     loss, logs = u.loss(b, step)
                 r.opt.zero_grad(set_to_none=True)
                 r.scaler.scale(loss).backward()

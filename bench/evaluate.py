@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from bench import distributed
 from bench.grids import GridTarget, write_eval_grid
 from bench.metrics import MetricContext
 from bench.metrics.registry import preflight
-from bench.sampling import Samples, TensorSamples, seeded_noise
+from bench.sampling import Samples, TensorSamples, sampling_mode, seeded_noise
 from bench.stats import summary
 from bench.timing import cores_available, default_timing_batch, device_name, load_average, time_call, time_sampler
 
@@ -98,23 +97,6 @@ def evaluate_points(
         for row, tm in zip(rows, timings, strict=True):
             row["timing"] = tm
     return rows, floor, timing_ref
-
-
-@contextlib.contextmanager
-def sampling_mode(method: Any, ev: Any, device: torch.device):
-    """Sampling as ``eval`` configures it: autocast dtype, torch.compile of the sampling networks."""
-    from bench.engine import PRECISIONS, _resolve, _swapped
-
-    wrapped = {}
-    if ev.compile:  # compiled once per method and kept (a new wrapper per batch would recompile)
-        cache = method.__dict__.setdefault("_bench_compiled", {})
-        for n in method.sampling_nets():
-            if n not in cache:
-                cache[n] = torch.compile(getattr(*_resolve(method, n)))
-            wrapped[n] = cache[n]
-    amp = torch.autocast(device.type, dtype=PRECISIONS[ev.precision], enabled=ev.precision != "fp32")
-    with _swapped(method, wrapped), amp:
-        yield
 
 
 def sampling_protocol(ev: Any, device: torch.device) -> dict:

@@ -3,8 +3,13 @@ batch size or the number of processes."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 from torch import Tensor
+
+from bench.netswap import PRECISIONS, resolve_net, swapped
 
 
 def seeded_noise(shape: tuple[int, ...], seeds: range | list[int]) -> Tensor:
@@ -44,8 +49,6 @@ class Samples:
         z = seeded_noise(self.method.noise_shape, seeds).to(self.device)
         if self.ev is None:
             return self.method.sample(z, self.point)
-        from bench.evaluate import sampling_mode
-
         if self.ev.channels_last and z.ndim == 4:
             z = z.contiguous(memory_format=torch.channels_last)
         with sampling_mode(self.method, self.ev, self.device):
@@ -94,3 +97,18 @@ class TensorSamples(Samples):
 
     def __init__(self, x: Tensor, batch: int = 2500) -> None:
         self._tensor, self.batch, self.n, self._nfe = x, batch, len(x), [(0.0, len(x))]
+
+
+@contextlib.contextmanager
+def sampling_mode(method: Any, ev: Any, device: torch.device):
+    """Sampling as ``eval`` configures it: autocast dtype, torch.compile of the sampling networks."""
+    wrapped = {}
+    if ev.compile:  # compiled once per method and kept (a new wrapper per batch would recompile)
+        cache = method.__dict__.setdefault("_bench_compiled", {})
+        for n in method.sampling_nets():
+            if n not in cache:
+                cache[n] = torch.compile(getattr(*resolve_net(method, n)))
+            wrapped[n] = cache[n]
+    amp = torch.autocast(device.type, dtype=PRECISIONS[ev.precision], enabled=ev.precision != "fp32")
+    with swapped(method, wrapped), amp:
+        yield

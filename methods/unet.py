@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from bench.methods.nets import FourierTime, _as_batch
+from bench.methods.timefeat import FourierTime, as_batch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -179,7 +179,7 @@ class UNet(nn.Module):
         *ts, x = args
         if len(ts) != self.n_times:
             raise TypeError(f"expected {self.n_times} time input(s), got {len(ts)}")
-        emb = F.silu(sum(e(_as_batch(t, x)) for e, t in zip(self.times, ts, strict=True)))
+        emb = F.silu(sum(e(as_batch(t, x)) for e, t in zip(self.times, ts, strict=True)))
         H, W = x.shape[-2:]
         ph, pw = (-H) % self.factor, (-W) % self.factor
         h = F.pad(x, (0, pw, 0, ph)) if ph or pw else x
