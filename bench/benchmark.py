@@ -153,3 +153,24 @@ def argv(p: Planned, out: Path, runs_dir: Path, resume: bool, device: str = "aut
     a += ["--resume"] if resume else []
     a += ["--smoke"] if p.smoke else []
     return a + [x for kv in p.sets for x in ("--set", kv)]
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def stale_keys(p: Planned, record: dict) -> list[str]:
+    """Config keys where ``record`` (a finished run of job ``p``) differs from what the job resolves to with
+    today's defaults; [] = the record is this commit's. A run id hashes the job's sets, not the defaults, so a
+    changed default must not let an older record pass for the new recipe."""
+    from bench.config import resolved_config, run_config_dict
+    from bench.runner import resolve_config
+
+    want = _flat(run_config_dict(resolve_config(p.method, p.dataset, None, list(p.sets), p.seed, p.smoke)))
+    have = _flat(resolved_config(record.get("config", {})))
+    return sorted(k for k in set(want) | set(have) if want.get(k, "<absent>") != have.get(k, "<absent>"))

@@ -14,6 +14,7 @@ writing a plain record, run one after another, by N local workers, or submitted 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -123,7 +124,7 @@ def run_benchmark_local(
     Returns (run id, exit code, last output lines) per job: code 0 also for reused runs."""
     import threading
 
-    from bench.benchmark import argv, train_argv
+    from bench.benchmark import argv, stale_keys, train_argv
     from bench.records import record_path
 
     threads = max(1, min(cores_available(), int(os.environ.get("OMP_NUM_THREADS", "0")) or 10**6) // workers)
@@ -146,6 +147,14 @@ def run_benchmark_local(
                 tail = f"record reused; checkpoint re-trained for its students: {tail}"
             elif record_path(out, p.dataset, p.run_id).is_file():
                 code, tail = 0, "reused (record exists)"
+                stale = stale_keys(p, json.loads(record_path(out, p.dataset, p.run_id).read_text()))
+                if stale:  # made with other defaults: never reused as this commit's row
+                    code = 1
+                    tail = (
+                        f"stale record {record_path(out, p.dataset, p.run_id)}: its config differs from today's in "
+                        f"{', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}; move it (and runs/{p.run_id}) "
+                        "to results/archive/ and sweep again"
+                    )
             elif p.after and codes.get(p.after, 1) != 0:
                 code, tail = 1, f"not run: its teacher {p.after} failed"
             else:

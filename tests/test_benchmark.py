@@ -195,3 +195,17 @@ def test_students_of_per_seed_teachers_share_one_config_group():
     a, b = rec(0, "flow-checkerboard-s0-aaaaaa"), rec(1, "flow-checkerboard-s1-bbbbbb")
     assert _config_key(a) == _config_key(b)
     assert _config_key(a) != _config_key(rec(0, "flow-checkerboard-s0-aaaaaa", hidden=128))
+
+
+def test_a_record_made_with_other_defaults_is_stale():
+    """Run ids hash the job's sets, not the defaults: the sweep compares a finished record's resolved config with
+    what the job resolves to today and refuses to reuse one that differs (it names the keys)."""
+    from bench.benchmark import stale_keys
+    from bench.config import run_config_dict
+
+    job = next(j for j in plan(TINY) if j.method == "flow")
+    config = run_config_dict(resolve_config(job.method, job.dataset, None, list(job.sets), job.seed, job.smoke))
+    assert stale_keys(job, {"config": config}) == []
+    config["train"]["grad_clip"] = 0.5  # as if the default had changed since the record was made
+    del config["method"]["net"]["time_max_freq"]  # a key the record predates is filled with its legacy value
+    assert stale_keys(job, {"config": config}) == ["method.net.time_max_freq", "train.grad_clip"]
