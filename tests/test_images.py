@@ -352,3 +352,20 @@ def test_smoke_on_image_data_uses_the_micro_unet_unless_set():
     assert named.method.net.unet == "tiny"
     assert resolve_config("flow", "fashion-mnist", None, [], None, False).method.net.unet == "auto"
     assert resolve_config("flow", "moons", None, [], None, True).method.net.unet == "auto"
+
+
+def test_image_data_without_any_metric_is_refused_before_training(monkeypatch):
+    """28 px data without the Inception weights has no applicable metric: one clear error up front (it used to
+    train and then refuse to write a record with no metrics)."""
+    from types import SimpleNamespace
+
+    from bench.datasets.base import DataSpec
+
+    from bench.config import EvalConfig
+    from bench.metrics import fid
+    from bench.metrics.registry import preflight
+
+    monkeypatch.setattr(fid, "_inception_present", lambda ev: False)
+    ds = SimpleNamespace(spec=DataSpec("fashion-mnist", "image", (1, 28, 28), False))
+    with pytest.raises(BenchError, match="no metric applies to fashion-mnist on this machine"):
+        preflight(ds, EvalConfig())

@@ -66,6 +66,14 @@ def applicable_metrics(spec: Any, eval_cfg: Any) -> list[MetricSpec]:
 def preflight(dataset: Any, eval_cfg: Any) -> list[MetricSpec]:
     """The metrics a run will use, each checked up front (missing weights fail before any training)."""
     chosen = applicable_metrics(dataset.spec, eval_cfg)
+    if not chosen:
+        from bench.errors import BenchError
+
+        name = getattr(dataset.spec, "name", "this data set")
+        raise BenchError(
+            f"no metric applies to {name} on this machine (FID, KID, precision/recall need the Inception weights, "
+            "which are not installed); --set 'eval.metrics=[fid]' says which file goes where"
+        )
     for m in chosen:
         if m.check is not None:
             m.check(dataset, eval_cfg)
