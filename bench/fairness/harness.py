@@ -54,3 +54,17 @@ def ema_(ema: nn.Module, net: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), net.parameters(), strict=True):
             e.lerp_(p, 1 - decay)
+
+
+def average_velocity_sampler(u: nn.Module, k: int):
+    """NFE k from an average-velocity net u(x, a, b) (MeanFlow, TVM): k uniform steps x <- x + (1/k) u(x, j/k, (j+1)/k)
+    from N(0, I) noise, as ``score`` wants it."""
+
+    def draw(gen: torch.Generator) -> Tensor:
+        x = torch.randn(N_EVAL, 2, generator=gen)
+        for j in range(k):
+            a, b = torch.full((N_EVAL,), j / k), torch.full((N_EVAL,), (j + 1) / k)
+            x = x + (1 / k) * u(x, a, b)
+        return x
+
+    return draw

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.func import jvp
 
-from bench.fairness.harness import BATCH, LR, MLP, Data, score
+from bench.fairness.harness import BATCH, LR, MLP, Data, average_velocity_sampler, score
 
 
 def run(name: str, seed: int, steps: int) -> dict[str, list[float]]:
@@ -30,14 +30,7 @@ def run(name: str, seed: int, steps: int) -> dict[str, list[float]]:
         loss.backward()
         opt.step()
 
-    def sample(k: int):
-        def f(gen: torch.Generator) -> torch.Tensor:
-            x = torch.randn(5000, 2, generator=gen)
-            for j in range(k):
-                t0, t1 = torch.full((5000,), j / k), torch.full((5000,), (j + 1) / k)
-                x = x + (1 / k) * u(x, t0, t1)
-            return x
-
-        return f
-
-    return {"1": score(name, sample(1), seed), "2": score(name, sample(2), seed)}
+    return {
+        "1": score(name, average_velocity_sampler(u, 1), seed),
+        "2": score(name, average_velocity_sampler(u, 2), seed),
+    }

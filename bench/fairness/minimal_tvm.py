@@ -12,7 +12,7 @@ import copy
 import torch
 from torch.func import jvp
 
-from bench.fairness.harness import BATCH, LR, MLP, Data, ema_, score
+from bench.fairness.harness import BATCH, LR, MLP, Data, average_velocity_sampler, ema_, score
 
 
 def _times(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,14 +45,7 @@ def run(name: str, seed: int, steps: int) -> dict[str, list[float]]:
         ema_(target, f, 0.99)
         ema_(ema, f, 0.999)
 
-    def sample(k: int):
-        def go(gen: torch.Generator) -> torch.Tensor:
-            x = torch.randn(5000, 2, generator=gen)
-            for j in range(k):
-                a, b = torch.full((5000,), j / k), torch.full((5000,), (j + 1) / k)
-                x = x + (1 / k) * ema(x, a, b)
-            return x
-
-        return go
-
-    return {"1": score(name, sample(1), seed), "2": score(name, sample(2), seed)}
+    return {
+        "1": score(name, average_velocity_sampler(ema, 1), seed),
+        "2": score(name, average_velocity_sampler(ema, 2), seed),
+    }
