@@ -139,19 +139,19 @@ def run_benchmark_local(
         try:
             if p.after:
                 done[p.after].wait()
-            ckpt = Path(runs_dir) / p.run_id / "ckpt.pt"
-            if record_path(out, p.dataset, p.run_id).is_file() and p.run_id in needed and not ckpt.is_file():
+            ckpt, rec = Path(runs_dir) / p.run_id / "ckpt.pt", record_path(out, p.dataset, p.run_id)
+            if rec.is_file() and p.run_id in needed and not ckpt.is_file():
                 # same config and seed: the teacher its record describes, re-trained (not re-evaluated; thread
                 # counts may change the last bits of the weights)
                 code, tail = run_job(train_argv(p, runs_dir, device), threads)
                 tail = f"record reused; checkpoint re-trained for its students: {tail}"
-            elif record_path(out, p.dataset, p.run_id).is_file():
+            elif rec.is_file():
                 code, tail = 0, "reused (record exists)"
-                stale = stale_keys(p, json.loads(record_path(out, p.dataset, p.run_id).read_text()))
+                stale = stale_keys(p, json.loads(rec.read_text()))
                 if stale:  # made with other defaults: never reused as this commit's row
                     code = 1
                     tail = (
-                        f"stale record {record_path(out, p.dataset, p.run_id)}: its config differs from today's in "
+                        f"stale record {rec}: its config differs from today's in "
                         f"{', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}; move it (and runs/{p.run_id}) "
                         "to results/archive/ and sweep again"
                     )
