@@ -43,6 +43,7 @@ class BenchJob:
     recipe: str  # where the recipe comes from (paper table, official config, this suite's measurement)
     sets: list[str] = field(default_factory=list)
     teacher: str = ""  # name of an earlier job of the same suite whose run is this job's method.teacher.run
+    seeds: list[int] = field(default_factory=list)  # [] = the suite's seeds; else a subset of them
 
     def validate(self) -> None:
         if not self.name or not self.method or not self.recipe.strip():
@@ -107,15 +108,22 @@ def plan(path_or_raw: str | Path | dict) -> list[Planned]:
         if len(set(names)) != len(names) or names_seen & set(names):
             raise BenchError(f"benchmark suite {sname}: job names must be unique across the file ({names})")
         names_seen |= set(names)
+        by_name = {j.name: j for j in jobs}
         for i, j in enumerate(jobs):
             if j.teacher and j.teacher not in names[:i]:
                 raise BenchError(f"benchmark job {j.name}: teacher {j.teacher!r} is not an earlier job of {sname}")
+            if not set(j.seeds) <= set(suite.seeds):
+                raise BenchError(f"benchmark job {j.name}: seeds {j.seeds} are not all among the suite's {suite.seeds}")
+            if j.teacher and not set(j.seeds or suite.seeds) <= set(by_name[j.teacher].seeds or suite.seeds):
+                raise BenchError(f"benchmark job {j.name}: its seeds must be among its teacher {j.teacher}'s seeds")
         teachers = {j.teacher for j in jobs if j.teacher}
         ordered = [j for j in jobs if j.name in teachers] + [j for j in jobs if j.name not in teachers]
         for seed in suite.seeds:
             ids: dict[tuple[str, str], str] = {}
             batch: list[Planned] = []
             for j in ordered:
+                if j.seeds and seed not in j.seeds:
+                    continue
                 for d in suite.datasets:
                     after = ids[(j.teacher, d)] if j.teacher else ""
                     sets = [*bm.sets, *suite.sets, *j.sets] + ([f"method.teacher.run={after}"] if after else [])

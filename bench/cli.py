@@ -580,7 +580,14 @@ def study(
 
 
 def _sweep_benchmark(
-    path: Path, executor: str, workers: int, out_dir: Path, runs_dir: Path, dry_run: bool, suites: list[str]
+    path: Path,
+    executor: str,
+    workers: int,
+    out_dir: Path,
+    runs_dir: Path,
+    dry_run: bool,
+    suites: list[str],
+    jobs: list[str] | None = None,
 ) -> None:
     """A benchmark file (``suites:``): deterministic run ids, finished runs reused, teachers first."""
     from bench import benchmark as bm
@@ -595,6 +602,12 @@ def _sweep_benchmark(
     if unknown:
         raise BenchError(f"--suite {unknown[0]!r} is not in {path} (suites: {sorted({p.suite for p in planned})})")
     planned = [p for p in planned if not suites or p.suite in suites]
+    if jobs:  # these jobs and the teacher runs they wait for (reused when finished)
+        missing = sorted(set(jobs) - {p.job for p in planned})
+        if missing:
+            raise BenchError(f"--job {missing[0]!r} is not a job of {path}" + (f" suite {suites}" if suites else ""))
+        needed = {p.after for p in planned if p.job in jobs}
+        planned = [p for p in planned if p.job in jobs or p.run_id in needed]
     for p in planned:  # every job valid up front (a teacher run id need not exist yet)
         resolve_config(
             p.method, p.dataset, None, [s for s in p.sets if not s.startswith("method.teacher.run=")], p.seed, p.smoke
@@ -638,6 +651,10 @@ def sweep(
     suite: Annotated[
         list[str] | None, typer.Option("--suite", help="benchmark file: run only this suite (repeatable)")
     ] = None,
+    job: Annotated[
+        list[str] | None,
+        typer.Option("--job", help="benchmark file: run only this job and the teachers it waits for (repeatable)"),
+    ] = None,
 ) -> None:
     """Run a grid of `bench run` jobs (one normal record each), locally or on SLURM; then re-render."""
     import itertools
@@ -654,8 +671,10 @@ def sweep(
     from bench.config import load_yaml
 
     if bm.is_benchmark(load_yaml(grid)):
-        _sweep_benchmark(grid, executor, workers, out_dir, runs_dir, dry_run, suite or [])
+        _sweep_benchmark(grid, executor, workers, out_dir, runs_dir, dry_run, suite or [], job or [])
         return
+    if job:
+        raise BenchError("--job selects jobs of a benchmark file (suites:); this grid has none")
     g = sw.load_grid(grid)
     jobs = sw.jobs(g, out_dir, runs_dir, plugin or [])
     for m, d, ov, s in itertools.product(g.methods, g.datasets, g.overrides, g.seeds):

@@ -81,7 +81,8 @@ class PassCounter:
 
     def __init__(self, method: nn.Module) -> None:
         self.total = 0
-        self._handles = [m.register_forward_hook(self._hook) for m in network_modules(method).values()]
+        nets = [m for m in network_modules(method).values() if not getattr(m, "pass_free", False)]
+        self._handles = [m.register_forward_hook(self._hook) for m in nets]
 
     def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         first = next((a for a in args if isinstance(a, Tensor) and a.ndim > 0), None)

@@ -70,6 +70,11 @@ def test_run_ids_are_deterministic_and_follow_the_recipe():
         (lambda d: d["suites"]["points"]["jobs"][0].update(recipe=" "), "recipe"),
         (lambda d: d["suites"]["points"].update(colour="red"), "unknown config key"),
         (lambda d: d.update(suites={}), "non-empty mapping"),
+        (lambda d: d["suites"]["points"]["jobs"][1].update(seeds=[5]), "not all among the suite's"),
+        (
+            lambda d: d["suites"]["points"]["jobs"][0].update(seeds=[0]) or d["suites"]["points"].update(seeds=[0, 1]),
+            "among its teacher flow's seeds",
+        ),
     ],
 )
 def test_bad_benchmark_files_are_one_clear_error(edit, msg):
@@ -77,6 +82,31 @@ def test_bad_benchmark_files_are_one_clear_error(edit, msg):
     edit(d)
     with pytest.raises(BenchError, match=msg):
         plan(d)
+
+
+def test_a_job_can_run_fewer_seeds_than_its_suite():
+    d = json.loads(json.dumps(TINY))
+    d["suites"]["points"]["seeds"] = [0, 1, 2]
+    d["suites"]["points"]["jobs"][1]["seeds"] = [0]
+    jobs = plan(d)
+    assert [(p.job, p.seed) for p in jobs] == [("flow", 0), ("chargen", 0), ("flow", 1), ("flow", 2)]
+    d["suites"]["points"]["jobs"][1]["seeds"] = []
+    assert plan(d)[1].run_id == jobs[1].run_id  # the job's own seed list does not enter its run ids
+
+
+def test_sweep_job_filter_runs_a_job_and_the_teachers_it_waits_for(tmp_path):
+    import yaml
+
+    d = json.loads(json.dumps(TINY))
+    d["suites"]["points"]["jobs"].append({"name": "flow2", "method": "flow", "recipe": "test"})
+    grid = tmp_path / "benchmark.yaml"
+    grid.write_text(yaml.safe_dump(d))
+    p = _bench(tmp_path, "sweep", str(grid), "--dry-run", "--job", "chargen")
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith(("todo", "done"))]
+    assert [ln.split("--method ")[1].split()[0] for ln in lines] == ["flow", "chargen"]
+    p = _bench(tmp_path, "sweep", str(grid), "--dry-run", "--job", "nope")
+    assert p.returncode == 2 and "--job 'nope' is not a job" in p.stderr
 
 
 def _bench(cwd: Path, *args: str) -> subprocess.CompletedProcess:
