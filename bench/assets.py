@@ -20,7 +20,7 @@ def asset_report() -> list[tuple[str, str]]:
     """(name, status) lines for optional files: Inception weights (both engines), digits classifier cache."""
     from bench.errors import BenchError
     from bench.metrics.digits_classifier import VERSION, classifier_path
-    from bench.metrics.features import sha256_file
+    from bench.metrics.features import default_cache_dir, sha256_file
     from bench.metrics.inception import (
         locate_cleanfid_weights,
         locate_inception_weights,
@@ -40,4 +40,11 @@ def asset_report() -> list[tuple[str, str]]:
     p = classifier_path()
     status = f"cached {p} sha256 {sha256_file(p)}" if p.is_file() else f"absent ({p}); trained on first use (seconds)"
     out.append((f"digits classifier ({VERSION}, fd_digits)", status))
+    from bench.metrics import fmnist_classifier as fc
+
+    files = sorted((default_cache_dir() / "fmnist_classifier").glob(f"{fc.VERSION}-*.pt"))
+    status = "; ".join(f"cached {p} sha256 {sha256_file(p)}" for p in files) or (
+        "absent; trained on first fashion-mnist evaluation (minutes on 2 CPU cores)"
+    )
+    out.append((f"fashion-mnist classifier ({fc.VERSION}, fd_fmnist)", status))
     return out

@@ -264,14 +264,25 @@ class _MNISTLike(ImageDataset):
                 + f", {how}"
             )
 
-    def _load(self, split: str) -> Tensor:
+    def _tv(self, split: str) -> Any:
         import torchvision
 
+        if split not in self.splits:
+            raise BenchError(f"data set {self.name!r} has no split {split!r}; valid: {', '.join(self.splits)}")
         try:
-            ds = getattr(torchvision.datasets, self.tv_class)(self.cfg.root, train=split == "train", download=False)
+            return getattr(torchvision.datasets, self.tv_class)(self.cfg.root, train=split == "train", download=False)
         except (RuntimeError, AssertionError, ValueError, TypeError, OSError) as e:
             raise BenchError(f"cannot read {self.name} idx files in {self.raw_dir(self.cfg)}: {e!r}") from None
-        x = ds.data
+
+    def labels(self, split: str) -> Tensor:
+        """The class labels (int64, one per image of :meth:`split_u8`), for the suite's classifier metrics."""
+        y = torch.as_tensor(self._tv(split).targets, dtype=torch.int64)
+        if len(y) != len(self.split_u8(split)):
+            raise BenchError(f"{self.name} {split}: {len(y)} labels for {len(self.split_u8(split))} images")
+        return y
+
+    def _load(self, split: str) -> Tensor:
+        x = self._tv(split).data
         if x.dtype != torch.uint8 or x.ndim != 3:
             raise BenchError(f"{self.name} {split}: expected uint8 (N, 28, 28) images, got {x.dtype} {tuple(x.shape)}")
         x = x[:, None]

@@ -406,6 +406,25 @@ def test_inception_local_weights_route_features_and_cache(inception_file, tmp_pa
     assert reference_feature_set(ds, "train", 3, ex, tmp_path).info["cache"] == "hit"
 
 
+def test_inception_on_grayscale_repeats_the_channel_and_says_not_comparable(inception_file, tmp_path, monkeypatch):
+    """28x28 grayscale (Fashion-MNIST's format) through the test-written Inception file: the features are those of
+    the channel repeated to RGB, and the protocol names grayscale among its not-comparable reasons."""
+    from bench.metrics.inception import inception_extractor
+
+    path, net = inception_file
+    monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(path))
+    gray = _images(3, 2, res=28)[:, :1].contiguous()
+    ds = FakeImages(gray, name="tiny-gray")
+    ev = EvalConfig(n_gen=3, n_ref=3, metrics=["kid"])
+    METRICS.get("kid").check(ds, ev)
+    ex = inception_extractor(ev)
+    with torch.no_grad():
+        want = net(gray.expand(-1, 3, -1, -1))[0]
+    torch.testing.assert_close(ex.features(gray), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    _, proto = METRICS.get("kid")(TensorSamples(from_uint8(gray)), _ctx(ds, tmp_path, ["kid"], 3, 3))
+    assert proto["input_channels"] == 1 and any("grayscale" in r for r in proto["not_comparable_because"])
+
+
 @pytest.mark.slow
 def test_inception_fid_metric_end_to_end(inception_file, tmp_path, monkeypatch):
     """The registered ``fid`` metric on Inception features (a 2048x2048 sqrtm: slow on a busy CPU)."""

@@ -269,10 +269,10 @@ def test_fid_at_50000_vs_whole_50000_split_with_official_hash_is_comparable(tmp_
     50,000-image training split, official hash (monkeypatched constant), eval.n_ref left at its default."""
     monkeypatch.setattr(inception, "TFID_SHA256", FAKE_OFFICIAL)
     g = torch.Generator().manual_seed(0)
-    train = torch.randint(0, 256, (50_000, 1, 2, 2), dtype=torch.uint8, generator=g)
-    ds = MemImages(train, torch.randint(0, 256, (10, 1, 2, 2), dtype=torch.uint8, generator=g), name="cifar-shaped")
-    gen = TensorSamples(torch.rand(50_000, 1, 2, 2, generator=g) * 2 - 1, batch=10_000)
-    ex = _fake_inception(monkeypatch, 4, FAKE_OFFICIAL)
+    train = torch.randint(0, 256, (50_000, 3, 2, 2), dtype=torch.uint8, generator=g)  # RGB, as the literature's
+    ds = MemImages(train, torch.randint(0, 256, (10, 3, 2, 2), dtype=torch.uint8, generator=g), name="cifar-shaped")
+    gen = TensorSamples(torch.rand(50_000, 3, 2, 2, generator=g) * 2 - 1, batch=10_000)
+    ex = _fake_inception(monkeypatch, 12, FAKE_OFFICIAL)
     ev = _ev(50_000, ["fid", "kid"])
     assert ev.n_ref == 5000  # the points-data default is not what image metrics use
     ctx = MetricContext(None, ds, ev, 0, tmp_path)

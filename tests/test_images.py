@@ -366,6 +366,6 @@ def test_image_data_without_any_metric_is_refused_before_training(monkeypatch):
     from bench.metrics.registry import preflight
 
     monkeypatch.setattr(fid, "_inception_present", lambda ev: False)
-    ds = SimpleNamespace(spec=DataSpec("fashion-mnist", "image", (1, 28, 28), False))
-    with pytest.raises(BenchError, match="no metric applies to fashion-mnist on this machine"):
+    ds = SimpleNamespace(spec=DataSpec("mnist", "image", (1, 28, 28), False))  # fashion-mnist has fd_fmnist
+    with pytest.raises(BenchError, match="no metric applies to mnist on this machine"):
         preflight(ds, EvalConfig())

@@ -3,11 +3,15 @@
 Registered metrics (kind "image"):
 
 * Inception, torch-fidelity engine (default): ``fid``, ``kid``, ``precision``, ``recall``; chosen
-  automatically when the weights file is present and the data set is not ``digits``.
+  automatically when the weights file is present and the data set is neither ``digits`` nor 28x28
+  ``fashion-mnist`` (there on request, ``eval.metrics``: grayscale is repeated to RGB, so never comparable with
+  RGB literature numbers).
 * Inception, clean-fid engine (cross-checks, only when asked for): ``fid_cleanfid`` (legacy_tensorflow)
   and ``fid_clean`` (clean).
 * The suite's digits classifier: ``fd_digits``, ``kid_digits``, ``precision_digits``, ``recall_digits``;
   chosen automatically for the ``digits`` data set (never called FID).
+* The suite's Fashion-MNIST classifier: ``fd_fmnist``, ``kid_fmnist``, ``precision_fmnist``, ``recall_fmnist``;
+  chosen automatically for 28x28 ``fashion-mnist``.
 
 Generated features are computed once per (eval point, repeat) and shared through ``ctx.shared``;
 reference statistics come from the **whole training split** unless ``eval.n_ref_images`` asks for a seeded
@@ -16,7 +20,7 @@ disk (``bench.metrics.features``).
 
 Every protocol dict says whether its number is ``comparable`` and, if not, ``not_comparable_because``
 (short reasons). Inception metrics are checked against the literature's protocol
-(:func:`literature_protocol_check`); the digits classifier has no published counterpart, so its metrics
+(:func:`literature_protocol_check`); the suite's classifiers have no published counterpart, so their metrics
 are checked against the suite's own fixed protocol (:func:`suite_protocol_check`) and say so in
 ``comparable_to``.
 """
@@ -197,6 +201,8 @@ def literature_protocol_check(proto: dict) -> list[str]:
     elif n_gen != LITERATURE_N_GEN:
         reasons.append(f"n_gen {n_gen} {'<' if n_gen < LITERATURE_N_GEN else '>'} {LITERATURE_N_GEN}")
     reasons += _reference_reasons(proto)
+    if proto.get("input_channels") == 1:
+        reasons.append("grayscale images repeated to 3 channels: not comparable with RGB literature numbers")
     name, engine = proto.get("extractor"), proto.get("engine")
     known = INCEPTION_EXTRACTORS.get(name)
     if known is None:
@@ -219,17 +225,19 @@ def literature_protocol_check(proto: dict) -> list[str]:
     return reasons
 
 
-def suite_protocol_check(proto: dict) -> list[str]:
-    """The same question for the suite's own feature space (``digits-cnn-v1``), which has no literature
-    protocol: the reference is the whole ``train`` split, the extractor the suite's classifier on native
-    8x8 pixels (no resize). n_gen is not fixed: tables group rows by n_gen, and FD metrics add their own
-    rank-deficiency reason below the feature dimension. ``[]`` = comparable within the suite."""
+def suite_protocol_check(proto: dict, version: str = "") -> list[str]:
+    """The same question for the suite's own feature spaces (``digits-cnn-v1``, ``fmnist-cnn-v1``), which have no
+    literature protocol: the reference is the whole ``train`` split, the extractor the suite's classifier
+    ``version`` (default: the digits one) on native pixels (no resize). n_gen is not fixed: tables group rows by
+    n_gen, and FD metrics add their own rank-deficiency reason below the feature dimension. ``[]`` = comparable
+    within the suite."""
     from bench.metrics.digits_classifier import VERSION
 
+    version = version or VERSION
     reasons = _reference_reasons(proto)
     name = proto.get("extractor")
-    if name != VERSION:
-        reasons.append(f"extractor {name or 'unknown'} is not the suite's {VERSION}")
+    if name != version:
+        reasons.append(f"extractor {name or 'unknown'} is not the suite's {version}")
     mode = proto.get("resize_mode") or "unknown"
     if mode != "none":
         reasons.append(f"resize {mode}, not none")
@@ -262,11 +270,12 @@ class Family:
         check: Callable[[Any, Any], None],
         names: dict[str, str],
         protocol: str = "literature",
+        version: str = "",
     ) -> None:
         self.tag, self.build, self.applies, self.check, self.names = tag, build, applies, check, names
         if protocol not in ("literature", "suite"):
             raise ValueError(f"protocol must be 'literature' or 'suite', got {protocol!r}")
-        self.protocol = protocol
+        self.protocol, self.version = protocol, version  # version: the suite extractor its numbers must come from
 
     def needs_features(self, ctx: MetricContext) -> bool:
         """Keep per-sample features only when a KID/PR metric of this family will run (else O(1) memory)."""
@@ -328,11 +337,12 @@ def _protocol(fam: Family, sets: _Sets, ctx: MetricContext, what: str, fd: bool 
         "n_gen_used": gfs.n,
         "stats_dtype": "float64",
         "pixels": "bench.pixels.to_uint8 of [-1, 1] samples",
+        "input_channels": int(ctx.dataset.spec.shape[0]),
     }
     if fam.protocol == "literature":
         reasons, scope = literature_protocol_check(proto), LITERATURE_SCOPE
     else:
-        reasons, scope = suite_protocol_check(proto), SUITE_SCOPE
+        reasons, scope = suite_protocol_check(proto, fam.version), SUITE_SCOPE
     if fd:
         reasons += rank_reasons(gfs.n, ref.n, ex.dim)
     proto.update(
@@ -390,6 +400,10 @@ def _is_digits(spec: Any) -> bool:
     return spec.name == "digits"
 
 
+def _is_fmnist(spec: Any) -> bool:
+    return spec.name == "fashion-mnist" and tuple(spec.shape) == (1, 28, 28)
+
+
 def _inception_present(ev: Any) -> bool:
     from bench.metrics.inception import download_allowed, locate_inception_weights
 
@@ -422,7 +436,7 @@ _register_family(
     Family(
         "inception",
         _build_inception("torch-fidelity"),
-        applies=lambda spec, ev: not _is_digits(spec) and _inception_present(ev),
+        applies=lambda spec, ev: not _is_digits(spec) and not _is_fmnist(spec) and _inception_present(ev),
         check=_check_inception,
         names={"fd": "fid", "kid": "kid", "precision": "precision", "recall": "recall"},
     )
@@ -460,5 +474,35 @@ _register_family(
         check=_check_digits,
         names={"fd": "fd_digits", "kid": "kid_digits", "precision": "precision_digits", "recall": "recall_digits"},
         protocol="suite",
+    )
+)
+
+# --- Fashion-MNIST classifier (FD_fmnist) ------------------------------------------------------
+
+
+def _check_fmnist(dataset: Any, ev: Any) -> None:
+    if not _is_fmnist(dataset.spec) or not hasattr(dataset, "labels"):
+        raise BenchError(
+            f"FD_fmnist needs the labelled 1x28x28 fashion-mnist data set; {dataset.spec.name} is "
+            f"{tuple(dataset.spec.shape)}"
+            + (" (data.pad_to_32 pads it)" if dataset.spec.name == "fashion-mnist" else "")
+        )
+
+
+def _build_fmnist(ctx: MetricContext) -> FeatureExtractor:
+    from bench.metrics.fmnist_classifier import FMNISTExtractor
+
+    return FMNISTExtractor(ctx.dataset, ctx.cache_dir)
+
+
+_register_family(
+    Family(
+        "fmnist",
+        _build_fmnist,
+        applies=lambda spec, ev: _is_fmnist(spec),
+        check=_check_fmnist,
+        names={"fd": "fd_fmnist", "kid": "kid_fmnist", "precision": "precision_fmnist", "recall": "recall_fmnist"},
+        protocol="suite",
+        version="fmnist-cnn-v1",
     )
 )
