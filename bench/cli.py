@@ -110,7 +110,7 @@ def _hms(seconds: float) -> str:
 @contextmanager
 def _progress():
     """A rich progress bar on a terminal; plain progress lines when stderr is a log, a file or a pipe."""
-    from bench.distributed import current
+    from bench.core.distributed import current
 
     if not current().is_main:  # one progress display per job: rank 0's
         yield None
@@ -185,14 +185,15 @@ def _make_dir(path: Path, flag: str) -> None:
 
 
 def _setup(plugins: list[str] | None) -> None:
-    from bench.runner import load_builtins, load_plugins
+    from bench.registry import load_builtins
+    from bench.run.runner import load_plugins
 
     load_plugins(plugins or [])
     load_builtins()
 
 
 def _print_tables(tables: list[dict], dataset: str | None = None) -> None:
-    from bench.leaderboard import _fmt_nfe, _fmt_time, _fmt_val
+    from bench.output.leaderboard import fmt_nfe, fmt_time, fmt_val
 
     for t in tables:
         if dataset and t["key"][0] != dataset:
@@ -202,15 +203,15 @@ def _print_tables(tables: list[dict], dataset: str | None = None) -> None:
             tab.add_column(c)
         if any(t["floor"].values()):
             tab.add_row(
-                "[i]reference floor[/i]", "", "", *[_fmt_val(t["floor"].get(m, [])) for m in t["metrics"]], "", "", ""
+                "[i]reference floor[/i]", "", "", *[fmt_val(t["floor"].get(m, [])) for m in t["metrics"]], "", "", ""
             )
         for r in t["rows"]:
             tab.add_row(
                 escape(r["method"]),
                 r["solver"],
-                _fmt_nfe(r["nfe"]),
-                *[_fmt_val(r["values"][m]) for m in t["metrics"]],
-                _fmt_time(r["per_sample_s"]),
+                fmt_nfe(r["nfe"]),
+                *[fmt_val(r["values"][m]) for m in t["metrics"]],
+                fmt_time(r["per_sample_s"]),
                 f"{r['ratio']:.1f}" if r["ratio"] is not None else "-",
                 escape(r["device"]),
             )
@@ -251,9 +252,9 @@ def run(
         _launch_torchrun(nproc)
         return
     _set_threads(threads)
-    from bench import distributed
-    from bench.engine import TrainingDiverged
-    from bench.runner import (
+    from bench.core import distributed
+    from bench.run.engine import TrainingDiverged
+    from bench.run.runner import (
         evaluate_and_record,
         prepare_run,
         resolve_config,
@@ -307,7 +308,7 @@ def run(
 
 def _render(out_dir: Path) -> list[dict]:
     """Re-render the leaderboards under the results lock; name every record file that was skipped."""
-    from bench.leaderboard import render_all
+    from bench.output.leaderboard import render_all
 
     r = render_all(out_dir)
     for path, why in r.skipped:
@@ -326,7 +327,7 @@ def _launch_torchrun(nproc: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += ["-m", "bench.cli", *argv]
     console.print("launching: " + " ".join(cmd[2:]), highlight=False)
-    from bench.timing import cores_available
+    from bench.eval.timing import cores_available
 
     env = dict(os.environ)  # N processes share the cores: no oversubscribed OpenMP threads unless asked for
     env.setdefault("OMP_NUM_THREADS", str(max(1, cores_available() // nproc)))
@@ -336,10 +337,10 @@ def _launch_torchrun(nproc: int) -> None:
 
 
 def _record_divergence(run, out_dir: Path, msg: str) -> None:
-    from bench import leaderboard
-    from bench.engine import TrainState
-    from bench.records import write_record
-    from bench.runner import base_record
+    from bench.core.records import write_record
+    from bench.output import leaderboard
+    from bench.run.engine import TrainState
+    from bench.run.runner import base_record
 
     rec = base_record(run.cfg, run.id, run.folder, run.dataset, run.method, run.state or TrainState(), run.device)
     rec.update(status="diverged", message=msg)
@@ -367,8 +368,8 @@ def train(
     """Train only; writes runs/<run-id>/{config.yaml, ckpt.pt, log.jsonl}."""
     _check_dir(runs_dir, "--runs-dir")
     _set_threads(threads)
-    from bench import distributed
-    from bench.runner import check_run_id, resolve_config, resolve_device, train_run
+    from bench.core import distributed
+    from bench.run.runner import check_run_id, resolve_config, resolve_device, train_run
 
     if run_id is not None:
         check_run_id(run_id)
@@ -408,16 +409,16 @@ def sample(
             raise BenchError(f"--output {output}: is a folder; name a file, e.g. {output / 'samples.pt'}")
         _check_dir(output.parent, "--output")
     _set_threads(threads)
-    from bench.checkpoint import save_checkpoint
-    from bench.runner import load_run, resolve_device
-    from bench.sampling import generate
+    from bench.core.checkpoint import save_checkpoint
+    from bench.eval.sampling import generate
+    from bench.run.runner import load_run, resolve_device
 
     _setup(plugin)
     if nfe is not None and nfe < 1:
         raise BenchError(f"NFE must be >= 1 (got {nfe})")
     if n < 1:
         raise BenchError("-n must be >= 1")
-    from bench import distributed
+    from bench.core import distributed
 
     dev = resolve_device(device, distributed.init_from_env(device))
     cfg, ds, m, _ = load_run(run_dir, dev)
@@ -453,12 +454,12 @@ def eval_(
     """Evaluate a trained run (eval.* may be overridden with --set), write its record, re-render."""
     _check_dir(out_dir, "--out")
     _set_threads(threads)
-    from bench import leaderboard
-    from bench.runner import evaluate_and_record, load_run, resolve_device, validate_eval
+    from bench.output import leaderboard
+    from bench.run.runner import evaluate_and_record, load_run, resolve_device, validate_eval
 
     _setup(plugin)
     if timing_only:
-        from bench.runner import retime_run
+        from bench.run.runner import retime_run
 
         path = retime_run(run_dir, out_dir, resolve_device(device))
         leaderboard.render(out_dir)
@@ -546,8 +547,8 @@ def study(
     one-step method at several total training budgets (results/study/budget-DATA.{json,md} and a figure)."""
     import yaml
 
-    from bench.runner import resolve_device
-    from bench.study import STUDIES, render_study, run_study
+    from bench.run.runner import resolve_device
+    from bench.studies.study import STUDIES, render_study, run_study
 
     _setup(None)
     try:
@@ -558,8 +559,10 @@ def study(
     dev = resolve_device(device)
     if name == "budget":
         if set_ or values:
-            raise BenchError("study budget takes no --set/--values: its recipes are fixed (see bench/budget.py)")
-        from bench.budget import render_budget, run_budget
+            raise BenchError(
+                "study budget takes no --set/--values: its recipes are fixed (see bench/studies/budget.py)"
+            )
+        from bench.studies.budget import render_budget, run_budget
 
         try:
             scale_list = [float(f) for f in scales.split(",") if f.strip()]
@@ -590,10 +593,10 @@ def _sweep_benchmark(
     jobs: list[str] | None = None,
 ) -> None:
     """A benchmark file (``suites:``): deterministic run ids, finished runs reused, teachers first."""
-    from bench import benchmark as bm
-    from bench import sweep as sw
-    from bench.records import record_path
-    from bench.runner import resolve_config
+    from bench.core.records import record_path
+    from bench.run import benchmark as bm
+    from bench.run.runner import resolve_config
+    from bench.studies import sweep as sw
 
     if executor != "local":
         raise BenchError("a benchmark file (suites:) runs with --executor local; its jobs wait for their teachers")
@@ -659,16 +662,16 @@ def sweep(
     """Run a grid of `bench run` jobs (one normal record each), locally or on SLURM; then re-render."""
     import itertools
 
-    from bench import sweep as sw
-    from bench.runner import resolve_config
+    from bench.run.runner import resolve_config
+    from bench.studies import sweep as sw
 
     _setup(plugin)
     if executor not in ("local", "slurm"):
         raise BenchError(f"--executor must be local or slurm (got {executor!r})")
     if workers < 1:
         raise BenchError("--workers must be >= 1")
-    from bench import benchmark as bm
-    from bench.config import load_yaml
+    from bench.core.config import load_yaml
+    from bench.run import benchmark as bm
 
     if bm.is_benchmark(load_yaml(grid)):
         _sweep_benchmark(grid, executor, workers, out_dir, runs_dir, dry_run, suite or [], job or [])
@@ -724,7 +727,7 @@ def doctor(
 ) -> None:
     """Versions, device, and which optional weights/data are present locally (--gpu: the GPU check)."""
     if gpu:
-        from bench.device_check import device_check
+        from bench.run.device_check import device_check
 
         res = device_check(out_file, budget_s)
         tab = Table(title=f"GPU check: {res['device']} (torch {res['torch']})", title_justify="left")
@@ -750,8 +753,8 @@ def doctor(
         return
     import torch
 
-    from bench.records import package_versions
-    from bench.timing import device_name
+    from bench.core.records import package_versions
+    from bench.eval.timing import device_name
 
     _setup(None)
     tab = Table(title="onestep-bench doctor", title_justify="left")
@@ -762,7 +765,7 @@ def doctor(
     tab.add_row("cuda available", str(torch.cuda.is_available()))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tab.add_row("device", device_name(dev))
-    from bench.assets import asset_report
+    from bench.eval.assets import asset_report
 
     for k, v in asset_report():
         tab.add_row(k, v)
@@ -772,8 +775,8 @@ def doctor(
 @app.command()
 def report(out_dir: OutOpt = Path("results")) -> None:
     """Render figures (results/figures/<dataset>/*.png) and the static page results/index.html from records only."""
-    from bench.page import render_page
-    from bench.report import plan_report, render_report
+    from bench.output.page import render_page
+    from bench.output.report import plan_report, render_report
 
     for path in render_report(out_dir):
         out.print(str(path))
@@ -803,7 +806,7 @@ def main() -> None:
         console.print("interrupted")
         sys.exit(130)
     finally:  # leave the process group before exit: gloo threads alive at exit abort the process
-        dist = sys.modules.get("bench.distributed")
+        dist = sys.modules.get("bench.core.distributed")
         if dist is not None:
             with contextlib.suppress(Exception):  # a peer already gone must not turn the exit into a traceback
                 dist.shutdown(sync=ok)

@@ -81,3 +81,28 @@ def register_dataset(name: str) -> Callable[[T], T]:
 
 def register_metric(name: str) -> Callable[[T], T]:
     return METRICS.register(name)
+
+
+# The built-in providers, imported by name when the registries are first needed (the same discovery as the
+# ``bench.methods`` entry points of installed packages): this module, the plugin API's base, imports none of them.
+BUILTIN_PACKAGES = ("bench.datasets", "bench.eval.metrics", "bench.methods")
+_loaded = False
+
+
+def load_builtins() -> None:
+    """Import the built-in registrations and the ``bench.methods`` entry points of installed packages."""
+    from importlib import metadata
+
+    global _loaded
+    if _loaded:
+        return
+    for name in BUILTIN_PACKAGES:
+        importlib.import_module(name)
+    for ep in metadata.entry_points(group="bench.methods"):
+        if ep.name in METHODS:
+            continue
+        try:
+            METHODS.register(ep.name, ep.load())
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not break the suite
+            raise BenchError(f"entry point bench.methods:{ep.name} ({ep.value}) failed to load: {e}") from None
+    _loaded = True

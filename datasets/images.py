@@ -24,7 +24,7 @@ import torch
 from bench.datasets.base import Dataset, DataSpec
 from torch import Tensor
 
-from bench.checkpoint import atomic_path
+from bench.core.checkpoint import atomic_path
 from bench.errors import BenchError
 from bench.pixels import from_uint8
 from bench.registry import register_dataset

@@ -120,7 +120,7 @@ def _toy(name: str, fn, **attrs) -> type[_Toy2D]:
     return register_dataset(name)(type(f"Toy_{name}", (_Toy2D,), body))
 
 
-# mode centres and per-mode std of the mixtures, for the mode-coverage metrics (bench.metrics.modes)
+# mode centres and per-mode std of the mixtures, for the mode-coverage metrics (bench.eval.metrics.modes)
 _MODES = {
     "8gaussians": {
         "modes": EIGHT_GAUSSIANS_CENTRES / EIGHT_GAUSSIANS_SCALE,
@@ -170,7 +170,7 @@ class GaussianMixture(Dataset):
 
     @property
     def modes(self) -> Tensor:
-        """Mode centres, for the mode-coverage metrics (bench.metrics.modes)."""
+        """Mode centres, for the mode-coverage metrics (bench.eval.metrics.modes)."""
         return self.means
 
     @property

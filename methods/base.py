@@ -35,6 +35,8 @@ from bench.datasets.base import DataSpec
 from bench.methods.nets import count_params
 from torch import Tensor, nn
 
+from bench.core.distributed import Shard
+
 
 @dataclass(frozen=True)
 class EvalPoint:
@@ -123,28 +125,6 @@ class Update:
         if self.optimizer not in opts:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(opts)}")
         return opts[self.optimizer](params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay)
-
-
-class Shard:
-    """The process group as a one-shot stage or a sampler sees it (1 process: rank 0 of 1)."""
-
-    rank: int = 0
-    world: int = 1
-
-    def range(self, n: int) -> range:
-        """This process's contiguous share of ``range(n)``."""
-        per = -(-n // self.world)
-        return range(min(n, self.rank * per), min(n, (self.rank + 1) * per))
-
-    def gather(self, x: Tensor, n: int) -> Tensor:
-        """Concatenate every process's share (rows in rank order) into the full ``n`` rows, on every process."""
-        return x
-
-    def barrier(self) -> None:
-        return None
-
-    def sum(self, x: Tensor) -> Tensor:
-        return x
 
 
 @dataclass

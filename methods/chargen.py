@@ -11,29 +11,23 @@ frozen EMA teacher) -> fit, with g(t, s, x) = x + (s - t) u(t, s, x) so that g(t
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from bench.methods.base import Batch, EvalPoint, Method, Shard, Stage, Update, ema_copy
 from bench.methods.flow import VelocityModel, flow_eval_points, sample_flow
 from bench.methods.interpolants import uniform_grid
 from bench.methods.nets import NetConfig, build_net, can_start_from
-from bench.methods.teacher import TeacherConfig, TeacherMixin, find_run_checkpoint
+from bench.methods.teacher import TeacherConfig, TeacherMixin
+from bench.methods.timefeat import as_batch
+from bench.methods.trajectories import TrajectoryCache, resolve_source
 from torch import Tensor, nn
 
 from bench.errors import BenchError
 from bench.registry import register_method
-from bench.rowfile import RowFile
-from bench.sampling import seeded_noise
-
-TRAJ_SEED = 7_000_000  # trajectory i starts from the noise of seed TRAJ_SEED + i (any number of processes)
-MEMORY_CACHE_MAX = 2 << 30  # cache=auto: trajectories up to 2 GiB stay in memory, larger sets go to disk
-CHUNK_BYTES = 256 << 20  # trajectories generated per chunk are capped at this many bytes (CIFAR, K=100: 207)
 
 
 @dataclass
@@ -46,9 +40,9 @@ class ChargenConfig:
     pairs_from: Literal["noise", "data"] = "noise"  # paper: teacher trajectories from N(0, I); reference code: data
     n_traj: int = 20000  # m: cached trajectories (pairs_from=noise)
     # memory | disk (written and read by file offset, host memory flat in n_traj) | none (fresh every step)
-    # | auto = memory up to MEMORY_CACHE_MAX bytes, else disk
+    # | auto = memory up to trajectories.MEMORY_CACHE_MAX bytes, else disk
     cache: Literal["auto", "memory", "disk", "none"] = "auto"
-    chunk: int = 4096  # trajectories generated (and written to disk) per chunk, at most CHUNK_BYTES
+    chunk: int = 4096  # trajectories generated (and written to disk) per chunk, at most trajectories.CHUNK_BYTES
     # reuse the disk cache of a finished chargen run (id or folder) with the same teacher weights, grid and solver:
     # its first n_traj trajectories (trajectory i is seeded by i, so they are the set this run would make) and
     # their cost, pro rata; "" = generate them here
@@ -102,13 +96,8 @@ class CharNet(nn.Module):
         self.u = u
 
     def forward(self, t: Tensor, s: Tensor, x: Tensor) -> Tensor:
-        t, s = _batch(t, x), _batch(s, x)
+        t, s = as_batch(t, x), as_batch(s, x)
         return x + (s - t).reshape(-1, *([1] * (x.ndim - 1))) * self.u(t, s, x)
-
-
-def _batch(t: Tensor | float, x: Tensor) -> Tensor:
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    return t.expand(x.shape[0]) if t.ndim == 0 else t
 
 
 @torch.no_grad()
@@ -176,114 +165,38 @@ class Chargen(TeacherMixin, Method):
         self.g_ema = ema_copy(self.g)
         grid = cfg.grid or uniform_grid(cfg.euler_steps)
         self.register_buffer("grid", torch.tensor(grid, dtype=torch.float32))
-        self._traj: Tensor | RowFile | None = None
-        self._traj_src = resolve_trajectories(self, cfg.trajectories_from, workdir) if cfg.trajectories_from else None
+        K, shape = len(grid) - 1, tuple(spec.shape)
+        src = None
+        if cfg.trajectories_from:
+            src = resolve_source(cfg.trajectories_from, workdir, "chargen", self.grid, cfg.solver,
+                                 self.teacher.state_dict(), K, shape)  # fmt: skip
+        mode = "none" if cfg.pairs_from != "noise" else cfg.cache
+        self.traj = TrajectoryCache(
+            cfg.n_traj, K, shape, mode, cfg.chunk, Path(workdir or "."), self._characteristics, src
+        )
 
-    # -- helpers -----------------------------------------------------------------------------------
     @property
     def K(self) -> int:
         return len(self.grid) - 1
 
-    def _traj_path(self) -> Path:
-        return Path(self.workdir or ".") / f"trajectories-K{self.K}-m{self.cfg.n_traj}.npy"
-
-    def _traj_bytes(self) -> int:
-        """Bytes of one cached trajectory (K + 1 states, float32)."""
-        return (self.K + 1) * int(np.prod(self.spec.shape)) * 4
-
-    def _copied(self) -> int:
-        """Rows taken from ``trajectories_from`` (all of them when it holds fewer than n_traj)."""
-        return 0 if self._traj_src is None else min(self._traj_src["n_traj"], self.cfg.n_traj)
-
-    def cache_mode(self) -> str:
-        """The resolved cache: ``auto`` keeps trajectories in memory up to MEMORY_CACHE_MAX bytes, else on disk."""
-        c = self.cfg.cache
-        if c != "auto":
-            return c
-        return "memory" if self.cfg.n_traj * self._traj_bytes() <= MEMORY_CACHE_MAX else "disk"
-
     @torch.no_grad()
-    def _make_trajectories(self, shard: Shard | None = None) -> dict:
-        """Generate (and cache) m trajectories in chunks, trajectory i from seed TRAJ_SEED + i, so a resume or
-        any number of processes (each taking its share of the seeds) produce the same set. On disk, each chunk
-        is written at its file offset as it is made: host memory holds one chunk (<= CHUNK_BYTES), never the set.
-        With a smaller ``trajectories_from`` set (checked to be the same teacher, grid and solver), its rows are
-        copied instead of generated: they are the rows i < its size that this loop would make."""
-        c, shape, shard, mode = self.cfg, tuple(self.spec.shape), shard or Shard(), self.cache_mode()
-        copied = self._copied()
-        src = RowFile.open(self._traj_src["path"]) if copied else None
-        full = (c.n_traj, self.K + 1, *shape)
-        mine = shard.range(c.n_traj)
-        per_chunk = max(1, min(c.chunk, CHUNK_BYTES // self._traj_bytes()))
-        path = self._traj_path()
-        if mode == "disk":
-            if shard.rank == 0:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                RowFile.create(path, full).close()
-            shard.barrier()
-            store, offset = RowFile.open(path, writable=True), 0
-        else:
-            store, offset = torch.empty(len(mine), *full[1:]), mine.start
-        start = mine.start
-        while start < mine.stop:
-            stop = min(copied, mine.stop) if start < copied else mine.stop  # a chunk is all copied or all made
-            n = min(per_chunk, stop - start)
-            if start < copied:
-                tr = torch.from_numpy(src.read_rows(start, n))
-            else:
-                z = seeded_noise(shape, range(TRAJ_SEED + start, TRAJ_SEED + start + n)).to(self.grid.device)
-                tr = characteristics(self.v(), z, self.grid, c.solver).cpu()
-            if mode == "disk":
-                store.write_rows(start, tr.numpy())
-            else:
-                store[start - offset : start - offset + n] = tr
-            start += n
-        if src is not None:
-            src.close()
-        if mode == "disk":
-            store.close()
-            shard.barrier()
-            self._traj = RowFile.open(path)
-        else:
-            self._traj = shard.gather(store, c.n_traj)
+    def _characteristics(self, z: Tensor) -> Tensor:
+        return characteristics(self.v(), z.to(self.grid.device), self.grid, self.cfg.solver)
+
+    def _trajectory_stage(self, shard: Shard) -> dict:
+        c = self.cfg
         return {
-            "n_traj": c.n_traj,
-            "copied": copied,
-            "K": self.K,
+            **self.traj.make(shard),
             "solver": c.solver,
-            "cache": mode,
-            "chunk": per_chunk,
-            "bytes": int(np.prod(full)) * 4,
             "teacher_nfe_per_traj": self.K * (2 if c.solver == "heun" else 1),
         }
-
-    def _ensure_trajectories(self, resumed: bool) -> None:
-        if self.cfg.pairs_from != "noise" or self.cache_mode() == "none" or self._traj is not None:
-            return
-        if self._traj_src is not None and self._copied() == self.cfg.n_traj:
-            self._traj = RowFile.open(self._traj_src["path"])  # rows are drawn below n_traj: only those are read
-            return
-        path = self._traj_path()
-        if self.cache_mode() == "disk" and path.exists():
-            traj, bad = open_trajectories(path, (self.cfg.n_traj, self.K + 1, *self.spec.shape))
-            if traj is not None:
-                self._traj = traj
-                return
-            # the trajectories are seeded: regenerating them gives exactly the set the run was fitting to
-            warnings.warn(f"{path}: unusable trajectory cache ({bad}); regenerating it", stacklevel=2)
-        self._make_trajectories()
-
-    def trajectories(self) -> Tensor:
-        """All cached trajectories (m, K+1, *shape) as one tensor (tests, small sets)."""
-        t = self._traj
-        return torch.from_numpy(t.read_rows(0, self.cfg.n_traj)) if isinstance(t, RowFile) else t
 
     # -- pairs -------------------------------------------------------------------------------------
     def pair_indices(self, b: Batch) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
         """(trajectory rows, k, l, fresh trajectories): grid pairs k < l, uniform over all pairs, a share
         ``end_pairs`` of them (k, K); rows index the cache, or fresh trajectories are drawn (cache none)."""
         dev = self.grid.device
-        if self.cache_mode() == "none":
+        if self.traj.mode == "none":
             rows, fresh = None, characteristics(self.v(), b.randn(*self.spec.shape), self.grid, self.cfg.solver)
         else:
             rows, fresh = b.randint(0, self.cfg.n_traj).cpu(), None
@@ -301,15 +214,10 @@ class Chargen(TeacherMixin, Method):
         """(k, l, x_k, x_l) from this process's share of the batch; only the two states of each pair are read
         from the cache (from disk: two positional reads per pair, never whole trajectories)."""
         rows, k, l, fresh = self.pair_indices(b)
-        dev = k.device
         if fresh is not None:
-            ar = torch.arange(len(fresh), device=dev)
+            ar = torch.arange(len(fresh), device=k.device)
             return k, l, fresh[ar, k], fresh[ar, l]
-        if isinstance(self._traj, RowFile):
-            kl = torch.cat([k, l]).cpu().numpy()
-            states = torch.from_numpy(self._traj.read_items(np.concatenate([rows.numpy()] * 2), kl)).to(dev)
-            return k, l, states[: len(k)], states[len(k) :]
-        return k, l, self._traj[rows, k.cpu()].to(dev), self._traj[rows, l.cpu()].to(dev)
+        return k, l, *self.traj.pair_states(rows, k, l)
 
     @torch.no_grad()
     def data_pairs(self, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -393,10 +301,10 @@ class Chargen(TeacherMixin, Method):
             if not resumed and c.init_from_teacher:
                 self.g.u.load_from_single_time(self.teacher.ema)
                 self.g_ema.load_state_dict(self.g.state_dict())
-            self._ensure_trajectories(resumed)
+            self.traj.ensure()
 
-        if c.pairs_from == "noise" and c.cache != "none" and self._copied() < c.n_traj:
-            stages.append(Stage("trajectories", run=self._make_trajectories))
+        if self.traj.needs_making():
+            stages.append(Stage("trajectories", run=self._trajectory_stage))
         loss = self.pairwise_loss if c.loss == "pairwise" else self.reference_loss
         fit = Update(("g",), loss, lr=c.fit_lr, batch_size=c.fit_batch, data=c.pairs_from == "data")
         stages.append(Stage("fit", c.fit_steps, [fit], setup=setup, ema=[(self.g_ema, self.g)], ema_decay=tc.ema_decay))
@@ -442,65 +350,8 @@ class Chargen(TeacherMixin, Method):
         return ("g_ema",)
 
     def prior_cost(self) -> dict:
-        """The reused teacher's cost, plus the reused trajectories' (pro rata of the rows used; rows this run
-        generates on top of them are its own trajectories stage)."""
-        prior, src, used = super().prior_cost(), self._traj_src, self._copied()
-        if src is None:
-            return prior
-        frac = used / src["n_traj"]
-        walls = {**prior.get("wall_clock_s", {}), "trajectories": src["wall_s"] * frac}
-        passes = None if src["passes"] is None else round(src["passes"] * frac)
-        known = None if passes is None or prior.get("network_passes") is None else prior["network_passes"] + passes
-        if used < self.cfg.n_traj:
-            rows = f"all {used} trajectories of run {src['run']} (the other {self.cfg.n_traj - used} made here)"
-        else:
-            rows = f"the first {used} of {src['n_traj']} trajectories of run {src['run']}"
-        what = f"{prior['what']}; {rows}"
-        return {"what": what, "wall_clock_s": walls, "network_passes": known}
+        """The reused teacher's cost, plus the reused trajectories' (pro rata of the rows used)."""
+        return self.traj.prior_cost(super().prior_cost())
 
     def record_extra(self) -> dict:
-        out = {**self.teacher_extra(), "grid": [round(float(t), 6) for t in self.grid]}
-        if self._traj_src is not None:
-            src = self._traj_src
-            out["trajectories_from"] = {"run": src["run"], "rows": self._copied(), "of": src["n_traj"]}
-        return out
-
-
-def open_trajectories(path: Path, want: tuple[int, ...]) -> tuple[RowFile | None, str]:
-    """(the trajectory file, "") when it opens with shape ``want`` in float32, else (None, why not)."""
-    try:
-        f = RowFile.open(path)
-    except (OSError, ValueError, EOFError) as e:
-        return None, str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-    if f.shape == want and f.dtype == np.float32:
-        return f, ""
-    f.close()
-    return None, f"shape {f.shape}, not {want}"
-
-
-def resolve_trajectories(m: Chargen, ref: str, workdir) -> dict:
-    """Check that a finished chargen run's disk trajectories are the ones ``m`` would generate (same teacher
-    weights, grid and solver) and return their file, count and cost. A set smaller than n_traj is extended:
-    its rows are copied and only the rest are generated."""
-    from bench.checkpoint import load_checkpoint
-
-    ck_path = find_run_checkpoint(ref, workdir, "trajectories")
-    ck = load_checkpoint(ck_path)
-    mc, ts = ck["config"]["method"], ck["train_state"]
-    info = ts.get("stage_info", {}).get("trajectories")
-    if mc.get("name") != "chargen" or info is None or info.get("cache") != "disk":
-        raise BenchError(f"{ck_path.parent}: no finished disk trajectory cache (a chargen run with cache=disk)")
-    state, name = ck["method_state"], ck_path.parent.name
-    if not torch.equal(state["grid"].to(m.grid), m.grid) or mc["solver"] != m.cfg.solver:
-        raise BenchError(f"trajectories of {name}: grid or solver differ from this run's")
-    mine = m.teacher.state_dict()
-    if any(f"teacher.{k}" not in state or not torch.equal(state[f"teacher.{k}"].to(v), v) for k, v in mine.items()):
-        raise BenchError(f"trajectories of {name} were made by another teacher than method.teacher.run")
-    n_src = int(info["n_traj"])
-    path = ck_path.parent / f"trajectories-K{m.K}-m{n_src}.npy"
-    f, bad = open_trajectories(path, (n_src, m.K + 1, *m.spec.shape))
-    if f is None:
-        raise BenchError(f"trajectories of {name}: {path} unusable ({bad})")
-    f.close()
-    passes = (ts.get("passes") or {}).get("trajectories")
-    return {"run": name, "path": path, "n_traj": n_src, "wall_s": ts["wall_s"]["trajectories"], "passes": passes}
+        return {**self.teacher_extra(), "grid": [round(float(t), 6) for t in self.grid], **self.traj.record_extra()}

@@ -44,7 +44,7 @@ from typing import Literal
 import torch
 from bench.methods.base import Batch, EvalPoint, Method, Stage, Update, ema_copy, ema_update
 from bench.methods.chargen import CharNet, grid_step
-from bench.methods.interpolants import _bc
+from bench.methods.interpolants import bc
 from bench.methods.nets import NetConfig, build_net, can_start_from
 from bench.methods.teacher import TeacherConfig, TeacherMixin
 from torch import Tensor, nn
@@ -264,11 +264,11 @@ class Consistency(TeacherMixin, Method):
         tg = t.to(dev, dt)
         tn, tn1 = tg[n], tg[n + 1]
         x0 = b.randn_like(x1)
-        xn = _bc(1 - tn, x1) * x0 + _bc(tn, x1) * x1
+        xn = bc(1 - tn, x1) * x0 + bc(tn, x1) * x1
         if self.cfg.mode == "cd":
             xn1 = grid_step(self.v(), self.cfg.solver, tn, tn1, xn)
         else:
-            xn1 = _bc(1 - tn1, x1) * x0 + _bc(tn1, x1) * x1
+            xn1 = bc(1 - tn1, x1) * x0 + bc(tn1, x1) * x1
         return n, tn, tn1, xn, xn1
 
     def distance(self, diff: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from bench.methods.base import Batch
 from bench.methods.consistency import Consistency, ConsistencyConfig
-from bench.methods.interpolants import _bc
+from bench.methods.interpolants import bc
 from torch import Tensor
 
 from bench.errors import BenchError
@@ -74,7 +74,7 @@ class ECT(Consistency):
         sig_t, sig_r = self.sigma_pair(b, step)
         t, r = ((1 / (1 + s)).to(x1.device, x1.dtype) for s in (sig_t, sig_r))
         x0 = b.randn_like(x1)
-        xt, xr = (_bc(1 - a, x1) * x0 + _bc(a, x1) * x1 for a in (t, r))
+        xt, xr = (bc(1 - a, x1) * x0 + bc(a, x1) * x1 for a in (t, r))
         with torch.no_grad():
             target = self.f(self.g, r, xr)
         w = (1 / (sig_t - sig_r)).to(x1.device, x1.dtype)

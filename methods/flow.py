@@ -13,11 +13,11 @@ from typing import Literal
 import numpy as np
 import torch
 from bench.methods.base import Batch, EvalPoint, Method, ema_copy
-from bench.methods.interpolants import INTERPOLANTS, Interpolant, _bc
+from bench.methods.interpolants import INTERPOLANTS, Interpolant, bc
 from bench.methods.nets import NetConfig, build_net
 from torch import Tensor
 
-from bench import solvers
+from bench.core import solvers
 from bench.errors import BenchError
 from bench.registry import register_method
 
@@ -70,7 +70,7 @@ class VelocityModel:
         tb = t.expand(x.shape[0]) if t.ndim == 0 else t
         out = self.net(tb, x)
         x1 = out if self.predict == "data" else self.interp.data_from_velocity(tb, x, out)
-        x0 = (x - _bc(self.interp.b(tb), x) * x1) / _bc(self.interp.a(tb), x)
+        x0 = (x - bc(self.interp.b(tb), x) * x1) / bc(self.interp.a(tb), x)
         return x0, x1
 
     @torch.no_grad()

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from bench.methods.base import Batch
-from bench.methods.interpolants import _bc
+from bench.methods.interpolants import bc
 from bench.methods.meanflow import MeanFlow, MeanFlowConfig, UFn, adaptive_l2, bare
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -47,7 +47,7 @@ def total_derivative(u_fn: UFn, t: Tensor, s: Tensor, x: Tensor, tangent: Tensor
 
 def compound_velocity(u: Tensor, dudt: Tensor, t: Tensor, s: Tensor) -> Tensor:
     """iMF's V = u - (s - t) sg(d/dt u): a velocity at (x_t, t), exact when u is the exact average velocity."""
-    return u - _bc(s - t, u) * dudt.detach()
+    return u - bc(s - t, u) * dudt.detach()
 
 
 @dataclass
@@ -83,7 +83,7 @@ class IMeanFlow(MeanFlow):
         c, x1 = self.cfg, b.x
         x0 = b.randn_like(x1)
         t, s = (z.to(x1.dtype) for z in self.sample_times(b))
-        xt = _bc(1 - t, x1) * x0 + _bc(t, x1) * x1
+        xt = bc(1 - t, x1) * x0 + bc(t, x1) * x1
         v = x1 - x0
         if c.v_weight > 0:
             v_theta = self.g(t, t, xt, velocity=True)  # the v-head, trained by its own term below

@@ -28,20 +28,20 @@ class Interpolant:
         return torch.ones_like(t)
 
     def x_t(self, t: Tensor, x0: Tensor, x1: Tensor) -> Tensor:
-        return _bc(self.a(t), x0) * x0 + _bc(self.b(t), x1) * x1
+        return bc(self.a(t), x0) * x0 + bc(self.b(t), x1) * x1
 
     def target(self, t: Tensor, x0: Tensor, x1: Tensor) -> Tensor:
         """The conditional velocity d/dt X_t = a'(t) X0 + b'(t) X1."""
-        return _bc(self.da(t), x0) * x0 + _bc(self.db(t), x1) * x1
+        return bc(self.da(t), x0) * x0 + bc(self.db(t), x1) * x1
 
     def velocity_from_data(self, t: Tensor, x: Tensor, d: Tensor) -> Tensor:
         """v = a'/a (x - b D) + b' D for a clean-data prediction D(t, x)."""
-        a, da, b, db = (_bc(f(t), x) for f in (self.a, self.da, self.b, self.db))
+        a, da, b, db = (bc(f(t), x) for f in (self.a, self.da, self.b, self.db))
         return da / a * (x - b * d) + db * d
 
     def data_from_velocity(self, t: Tensor, x: Tensor, v: Tensor) -> Tensor:
         """Inverse of :meth:`velocity_from_data`: D = (v - a'/a x) / (b' - a' b / a)."""
-        a, da, b, db = (_bc(f(t), x) for f in (self.a, self.da, self.b, self.db))
+        a, da, b, db = (bc(f(t), x) for f in (self.a, self.da, self.b, self.db))
         return (v - da / a * x) / (db - da * b / a)
 
     def data_loss_weight(self, t: Tensor) -> Tensor:
@@ -75,7 +75,7 @@ INTERPOLANTS: dict[str, Interpolant] = {
 }
 
 
-def _bc(s: Tensor, x: Tensor) -> Tensor:
+def bc(s: Tensor, x: Tensor) -> Tensor:
     """Broadcast a per-sample (or scalar) time quantity against a batch ``x``."""
     s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
     return s.reshape(-1, *([1] * (x.ndim - 1))) if s.ndim == 1 else s

@@ -22,9 +22,10 @@ from typing import Any, Literal
 
 import torch
 from bench.methods.base import Batch, EvalPoint, Method, ema_copy
-from bench.methods.chargen import CharNet, _batch
-from bench.methods.interpolants import _bc
+from bench.methods.chargen import CharNet
+from bench.methods.interpolants import bc
 from bench.methods.nets import NetConfig, build_net
+from bench.methods.timefeat import as_batch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -41,7 +42,7 @@ class FlowMapNet(CharNet):
 
     def forward(self, t: Tensor, s: Tensor, x: Tensor, velocity: bool = False) -> Tensor:
         if velocity:
-            return self.u(_batch(t, x), _batch(s, x), x)
+            return self.u(as_batch(t, x), as_batch(s, x), x)
         return super().forward(t, s, x)
 
 
@@ -62,7 +63,7 @@ def meanflow_target(u_fn: UFn, t: Tensor, s: Tensor, x: Tensor, v: Tensor) -> Te
     no forward-mode derivative."""
     with torch.autocast(x.device.type, enabled=False), sdpa_kernel(SDPBackend.MATH):
         _, dudt = torch.func.jvp(u_fn, (t, s, x), (torch.ones_like(t), torch.zeros_like(s), v))
-    return v + _bc(s - t, x) * dudt
+    return v + bc(s - t, x) * dudt
 
 
 def adaptive_l2(delta_sq: Tensor, p: float, c: float) -> Tensor:
@@ -106,7 +107,7 @@ class FlowMapMethod(Method):
         return lambda x: self.g_ema(0.0, 1.0, x)
 
 
-def _check_nfe(nfe: list[int]) -> None:
+def check_nfe(nfe: list[int]) -> None:
     if not nfe or any(k < 1 for k in nfe):
         raise BenchError(f"method.nfe must be a non-empty list of integers >= 1 (got {nfe})")
 
@@ -135,7 +136,7 @@ class MeanFlowConfig:
             raise BenchError(f"method.p_std must be > 0 (got {self.p_std})")
         if self.adaptive_p < 0 or self.adaptive_c <= 0:
             raise BenchError("method: need adaptive_p >= 0 and adaptive_c > 0")
-        _check_nfe(self.nfe)
+        check_nfe(self.nfe)
 
 
 @register_method("meanflow")
@@ -173,7 +174,7 @@ class MeanFlow(FlowMapMethod):
         x1 = b.x
         x0 = b.randn_like(x1)
         t, s = (z.to(x1.dtype) for z in self.sample_times(b))
-        xt = _bc(1 - t, x1) * x0 + _bc(t, x1) * x1
+        xt = bc(1 - t, x1) * x0 + bc(t, x1) * x1
         v = x1 - x0
         u = self.g(t, s, xt, velocity=True)
         net = bare(self.g)  # the JVP runs without grad, so bypassing DDP's gradient hooks is safe

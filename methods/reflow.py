@@ -34,18 +34,19 @@ from typing import Literal
 
 import torch
 from bench.methods.base import Batch, EvalPoint, Method, Shard, Stage, Update, ema_copy
-from bench.methods.chargen import TRAJ_SEED, CharNet
+from bench.methods.chargen import CharNet
 from bench.methods.consistency import LPIPS_REFUSED
 from bench.methods.flow import Flow, FlowConfig, flow_eval_points, sample_flow
-from bench.methods.interpolants import _bc
+from bench.methods.interpolants import bc
 from bench.methods.nets import NetConfig, build_net
 from bench.methods.teacher import TeacherConfig, TeacherMixin
+from bench.methods.trajectories import TRAJ_SEED
 from torch import Tensor
 
-from bench import solvers
+from bench.core import solvers
+from bench.core.noise import seeded_noise
 from bench.errors import BenchError
 from bench.registry import register_method
-from bench.sampling import seeded_noise
 
 
 @dataclass
@@ -161,7 +162,7 @@ class Reflow(TeacherMixin, Method):
         """E || (x1 - z) - v_k(t, t x1 + (1 - t) z) ||^2 on coupling k, t ~ U[0, 1]."""
         z, x1 = self.pair_batch(b)
         t = b.rand().to(z.device, z.dtype)
-        xt = _bc(1 - t, z) * z + _bc(t, z) * x1
+        xt = bc(1 - t, z) * z + bc(t, z) * x1
         err = getattr(self, f"rf{k}").net(t, xt) - (x1 - z)
         return err.pow(2).flatten(1).sum(1).mean(), {}
 

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 from bench.methods.base import Batch, EvalPoint, Method, Stage, Update, ema_copy
-from bench.methods.interpolants import _bc
+from bench.methods.interpolants import bc
 from bench.methods.meanflow import FlowMapNet, bare
 from bench.methods.nets import NetConfig, build_net, can_start_from
 from bench.methods.teacher import TeacherConfig, TeacherMixin
@@ -53,7 +53,7 @@ def tau_to_t(tau: Tensor) -> Tensor:
 
 def trig_output(net: nn.Module, tau: Tensor, x_tau: Tensor) -> Tensor:
     """The paper's F(x_tau, tau) for f(x_t, t) = g(t, 1, x_t) of ``net`` (a :class:`FlowMapNet`)."""
-    cos, sin = _bc(torch.cos(tau), x_tau), _bc(torch.sin(tau), x_tau)
+    cos, sin = bc(torch.cos(tau), x_tau), bc(torch.sin(tau), x_tau)
     k = cos + sin
     xt = x_tau / k
     t = tau_to_t(tau)
@@ -63,7 +63,7 @@ def trig_output(net: nn.Module, tau: Tensor, x_tau: Tensor) -> Tensor:
 def consistency_fn(net: nn.Module, tau: Tensor, x_tau: Tensor) -> Tensor:
     """f(x_tau, tau) = cos x_tau - sin F = g(t, 1, x_tau / k)."""
     t = tau_to_t(tau)
-    return net(t, torch.ones_like(t), x_tau / _bc(torch.cos(tau) + torch.sin(tau), x_tau))
+    return net(t, torch.ones_like(t), x_tau / bc(torch.cos(tau) + torch.sin(tau), x_tau))
 
 
 def tangent(net: nn.Module, tau: Tensor, x_tau: Tensor, dx: Tensor, r: float) -> tuple[Tensor, Tensor]:
@@ -71,7 +71,7 @@ def tangent(net: nn.Module, tau: Tensor, x_tau: Tensor, dx: Tensor, r: float) ->
     along (1, dx), without grad, in full precision, attention on the math kernel."""
     with torch.no_grad(), torch.autocast(x_tau.device.type, enabled=False), sdpa_kernel(SDPBackend.MATH):
         f_minus, df = torch.func.jvp(lambda a, x: trig_output(net, a, x), (tau, x_tau), (torch.ones_like(tau), dx))
-        cos, sin = _bc(torch.cos(tau), x_tau), _bc(torch.sin(tau), x_tau)
+        cos, sin = bc(torch.cos(tau), x_tau), bc(torch.sin(tau), x_tau)
         return f_minus, -cos * cos * (f_minus - dx) - r * cos * sin * (x_tau + df)
 
 
@@ -161,7 +161,7 @@ class SCM(TeacherMixin, Method):
         c, x1 = self.cfg, b.x
         z = b.randn_like(x1)
         tau = self.sample_tau(b).to(x1.dtype)
-        cos, sin = _bc(torch.cos(tau), x1), _bc(torch.sin(tau), x1)
+        cos, sin = bc(torch.cos(tau), x1), bc(torch.sin(tau), x1)
         x_tau = cos * x1 + sin * z
         if c.mode == "sct":
             dx = cos * z - sin * x1
@@ -171,7 +171,7 @@ class SCM(TeacherMixin, Method):
                 dx = (cos - sin) * xt - self.v()(tau_to_t(tau), xt) / (cos + sin)
         f_minus, g = tangent(bare(self.g), tau, x_tau, dx, self.tangent_r(step))
         if c.tangent_c > 0:
-            g = g / (_bc(g.flatten(1).norm(dim=1), g) + c.tangent_c)
+            g = g / (bc(g.flatten(1).norm(dim=1), g) + c.tangent_c)
         sq = (trig_output(self.g, tau, x_tau) - f_minus - g).pow(2).flatten(1).mean(1)
         if not c.adaptive:
             return sq.mean(), {"mse": sq.mean().detach()}

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import torch
 from bench.methods.base import Batch
-from bench.methods.interpolants import _bc
-from bench.methods.meanflow import FlowMapMethod, UFn, _check_nfe, bare
+from bench.methods.interpolants import bc
+from bench.methods.meanflow import FlowMapMethod, UFn, bare, check_nfe
 from bench.methods.nets import NetConfig
 from torch import Tensor
 
@@ -40,7 +40,7 @@ def shortcut_target(u_fn: UFn, t: Tensor, d: Tensor, x: Tensor, dq: Tensor | Non
     queried with (default d; 0 at the finest level, which the official code conditions like flow matching)."""
     dq = d if dq is None else dq
     u1 = u_fn(t, t + dq, x)
-    x2 = x + _bc(d, x) * u1
+    x2 = x + bc(d, x) * u1
     u2 = u_fn(t + d, t + d + dq, x2)
     return (u1 + u2) / 2
 
@@ -63,7 +63,7 @@ class ShortcutConfig:
             raise BenchError(f"method.m_steps must be a power of two >= 2 (got {self.m_steps})")
         if not 0.0 <= self.sc_fraction <= 1.0:
             raise BenchError(f"method.sc_fraction must lie in [0, 1] (got {self.sc_fraction})")
-        _check_nfe(self.nfe)
+        check_nfe(self.nfe)
 
 
 @register_method("shortcut")
@@ -102,7 +102,7 @@ class Shortcut(FlowMapMethod):
         m = max(0, min(self.n_sc(b.global_size), b.hi) - b.lo)
         t_all = torch.cat([t_sc[:m], t[m:]])
         s_all = torch.cat([t_sc[:m] + two_d[:m], t[m:]])  # flow-matching rows: d = 0, s = t
-        xt = _bc(1 - t_all, x1) * x0 + _bc(t_all, x1) * x1
+        xt = bc(1 - t_all, x1) * x0 + bc(t_all, x1) * x1
         v = x1 - x0
         pred = self.g(t_all, s_all, xt, velocity=True)
         target = v

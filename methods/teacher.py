@@ -65,7 +65,7 @@ class TeacherMixin:
         """``extra.teacher`` of the record (the leaderboard adds a reused teacher's ``train_wall_clock_s``)."""
         if not self.has_teacher():
             return {}
-        from bench.config import to_dict
+        from bench.core.config import to_dict
 
         out = {
             "label": self.teacher.label(),
@@ -80,8 +80,8 @@ class TeacherMixin:
 
 def resolve_teacher(ref: str, spec, workdir) -> tuple[str, FlowConfig, dict]:
     """Find a finished `flow` run (id, folder or ckpt.pt), check it fits this data, return its config and ckpt."""
-    from bench.checkpoint import load_checkpoint
-    from bench.config import from_dict, legacy_filled
+    from bench.core.checkpoint import load_checkpoint
+    from bench.core.config import from_dict, legacy_filled
 
     ck_path = find_run_checkpoint(ref, workdir, "teacher")
     ck = load_checkpoint(ck_path)

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 from bench.methods.base import Batch, ema_copy, ema_update
-from bench.methods.interpolants import _bc
-from bench.methods.meanflow import FlowMapMethod, _check_nfe, bare
+from bench.methods.interpolants import bc
+from bench.methods.meanflow import FlowMapMethod, bare, check_nfe
 from bench.methods.nets import NetConfig
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -38,7 +38,7 @@ def terminal_derivative(u_fn, t: Tensor, s: Tensor, x: Tensor) -> tuple[Tensor, 
     differentiable in u's parameters. Attention on the math kernel (the fused ones have no forward derivative)."""
     with sdpa_kernel(SDPBackend.MATH):
         u, du_ds = torch.func.jvp(u_fn, (t, s, x), (torch.zeros_like(t), torch.ones_like(s), torch.zeros_like(x)))
-    gap = _bc(s - t, x)
+    gap = bc(s - t, x)
     return x + gap * u, u + gap * du_ds
 
 
@@ -61,7 +61,7 @@ class TVMConfig:
             raise BenchError("method: need s_p_std > 0 and gap_p_std > 0")
         if not 0.0 <= self.target_mu < 1.0:
             raise BenchError(f"method.target_mu must lie in [0, 1) (got {self.target_mu})")
-        _check_nfe(self.nfe)
+        check_nfe(self.nfe)
 
 
 @register_method("tvm")
@@ -100,14 +100,14 @@ class TVM(FlowMapMethod):
         x1 = b.x
         x0, x0b = b.randn_like(x1), b.randn_like(x1)
         t, s, s2 = (z.to(x1.dtype) for z in self.sample_times(b))
-        xt = _bc(1 - t, x1) * x0 + _bc(t, x1) * x1
+        xt = bc(1 - t, x1) * x0 + bc(t, x1) * x1
         net = bare(self.g)  # the JVP's graph reaches the parameters directly; the flow-matching call below goes
         # through the engine's wrappers (pass counter, DDP), so every parameter still gets its reduced gradient
         g, dg_ds = terminal_derivative(lambda t_, s_, x_: net(t_, s_, x_, velocity=True), t, s, xt)
         with torch.no_grad():
             v_end = target_net(s, s, g, velocity=True)
         term = (dg_ds - v_end).pow(2).flatten(1).mean(1) * (~torch.isclose(s, t)).to(x1.dtype)
-        xs2 = _bc(1 - s2, x1) * x0b + _bc(s2, x1) * x1
+        xs2 = bc(1 - s2, x1) * x0b + bc(s2, x1) * x1
         fm = (self.g(s2, s2, xs2, velocity=True) - (x1 - x0b)).pow(2).flatten(1).mean(1)
         return (term + fm).mean(), {"terminal": term.mean().detach(), "fm": fm.mean().detach()}
 

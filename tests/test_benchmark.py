@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.benchmark import plan, recipes
 from bench.errors import BenchError
-from bench.runner import load_builtins, resolve_config
+from bench.registry import load_builtins
+from bench.run.benchmark import plan, recipes
+from bench.run.runner import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["eval.nfe=[1]", "eval.solvers=[euler]", "eval.timing=false", "eval.n_gen=300", "eval.n_ref=300"]
@@ -173,8 +174,8 @@ def test_sweep_reuses_finished_runs_and_main_table_holds_only_benchmark_rows(tmp
     archived.write_text(json.dumps(old))
     p = _bench(tmp_path, "leaderboard", "--out", str(results))
     assert p.returncode == 0, p.stderr
-    from bench.leaderboard import benchmark_run_ids, split_tables
-    from bench.records import scan_records
+    from bench.core.records import scan_records
+    from bench.output.leaderboard import benchmark_run_ids, split_tables
 
     records, _ = scan_records(results)
     tables = split_tables(records, benchmark_run_ids(results))
@@ -194,7 +195,7 @@ def test_headline_table_from_benchmark_records(tmp_path):
     """The README's headline block is rebuilt from the benchmark's records (here: none yet -> dashes)."""
     import yaml
 
-    from bench import headline
+    from bench.output import headline
 
     results = tmp_path / "results"
     results.mkdir()
@@ -210,7 +211,7 @@ def test_headline_table_from_benchmark_records(tmp_path):
 def test_students_of_per_seed_teachers_share_one_config_group():
     """The benchmark trains one teacher per seed; the run folder a student read it from is provenance, not
     config, so the seeds' records share a row, while a different teacher config does not."""
-    from bench.leaderboard import _config_key
+    from bench.output.leaderboard import _config_key
 
     def rec(seed: int, teacher_run: str, hidden: int = 256) -> dict:
         flow = {"net": {"hidden": hidden}}
@@ -230,8 +231,8 @@ def test_students_of_per_seed_teachers_share_one_config_group():
 def test_a_record_made_with_other_defaults_is_stale():
     """Run ids hash the job's sets, not the defaults: the sweep compares a finished record's resolved config with
     what the job resolves to today and refuses to reuse one that differs (it names the keys)."""
-    from bench.benchmark import stale_keys
-    from bench.config import run_config_dict
+    from bench.core.config import run_config_dict
+    from bench.run.benchmark import stale_keys
 
     job = next(j for j in plan(TINY) if j.method == "flow")
     config = run_config_dict(resolve_config(job.method, job.dataset, None, list(job.sets), job.seed, job.smoke))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from bench.budget import budget_table, plan
+from bench.studies.budget import budget_table, plan
 
 
 def test_plan_scales_every_step_count_and_the_teachers():
@@ -28,9 +28,9 @@ def test_image_reflow_solves_as_many_teacher_steps_as_chargen():
 
 def test_a_record_lacking_a_nested_defaulted_key_is_reused():
     """Reuse compares configs resolved against today's defaults, nested sections included (method.net)."""
-    from bench.budget import _matches
-    from bench.config import run_config_dict
-    from bench.runner import resolve_config
+    from bench.core.config import run_config_dict
+    from bench.run.runner import resolve_config
+    from bench.studies.budget import _matches
 
     want = run_config_dict(resolve_config("shortcut", "moons", sets=["train.steps=70"], seed=0))
     saved = json.loads(json.dumps(want))
@@ -91,7 +91,7 @@ def test_budget_study_smoke_runs_reuses_and_writes_figure(bench_cli):
 
 
 def test_equal_cost_interpolates_log_log_and_never_extrapolates():
-    from bench.budget import equal_cost
+    from bench.studies.budget import equal_cost
 
     t = [{"method": "chargen", "passes": p, "mean": q} for p, q in ((2.0, 0.3), (8.0, 0.2))]
     t += [{"method": "b", "passes": p, "mean": q} for p, q in ((1.0, 1.0), (4.0, 0.25))]  # q = 1 / p

@@ -13,7 +13,7 @@ from bench.methods.nets import NetConfig, TimeMLP
 from helpers import FnNet as _Exact
 from helpers import cpu_batch as _batch
 
-from bench.config import TrainConfig
+from bench.core.config import TrainConfig
 
 SPEC = DataSpec("toy", "points", (2,), True)
 SMALL = NetConfig(hidden=32, depth=2)
@@ -102,11 +102,11 @@ def test_semigroup_penalty_vanishes_on_exact_flow_map_only():
 
 def test_noise_pairs_come_from_teacher_trajectories():
     m = _chargen(euler_steps=6, n_traj=50)
-    m._make_trajectories()
+    m.traj.make()
     k, l, xk, xl = m.noise_pairs(_batch(None, 200))
     assert torch.all(k < l) and torch.all(l <= 6) and torch.all(k >= 0)
     rows, k2, l2, _ = m.pair_indices(_batch(None, 200))  # the same seeded draws
-    traj = m.trajectories()
+    traj = m.traj.all()
     assert torch.equal(k, k2) and torch.equal(l, l2)
     assert torch.equal(xk, traj[rows, k]) and torch.equal(xl, traj[rows, l])
     # consecutive trajectory points are exactly one teacher Euler step apart
@@ -133,14 +133,14 @@ def test_data_pairs_follow_reference_code_rules():
 
 def test_disk_cache_equals_memory_cache(tmp_path):
     a = _chargen(euler_steps=4, n_traj=300, chunk=128)
-    a._make_trajectories()
+    a.traj.make()
     torch.manual_seed(0)
     cfg = ChargenConfig(euler_steps=4, n_traj=300, chunk=128, cache="disk")
     cfg.teacher.flow.net = SMALL
     b = Chargen(cfg, SPEC, TrainConfig(batch_size=64), workdir=tmp_path)
-    b._make_trajectories()
+    b.traj.make()
     assert (tmp_path / "trajectories-K4-m300.npy").exists()
-    assert torch.allclose(b.trajectories(), a.trajectories(), atol=1e-6)
+    assert torch.allclose(b.traj.all(), a.traj.all(), atol=1e-6)
     # the fit reads the same pair states from the file as from memory (positional reads, no memory map)
     pa, pb = a.noise_pairs(_batch(None, 500, seed=3)), b.noise_pairs(_batch(None, 500, seed=3))
     for u, v in zip(pa, pb, strict=True):
@@ -152,7 +152,7 @@ def test_a_damaged_disk_cache_is_named_and_regenerated_exactly(tmp_path, damage)
     cfg = ChargenConfig(euler_steps=4, n_traj=64, chunk=32, cache="disk")
     cfg.teacher.flow.net = SMALL
     m = Chargen(cfg, SPEC, TrainConfig(batch_size=16), workdir=tmp_path)
-    m._make_trajectories()
+    m.traj.make()
     npy = tmp_path / "trajectories-K4-m64.npy"
     good = np.array(np.load(npy))
     if damage == "truncate":
@@ -164,8 +164,8 @@ def test_a_damaged_disk_cache_is_named_and_regenerated_exactly(tmp_path, damage)
     m2 = Chargen(cfg, SPEC, TrainConfig(batch_size=16), workdir=tmp_path)
     m2.load_state_dict(m.state_dict())
     with pytest.warns(UserWarning, match="unusable trajectory cache"):
-        m2._ensure_trajectories(True)
-    assert np.array_equal(m2.trajectories().numpy(), good)
+        m2.traj.ensure()
+    assert np.array_equal(m2.traj.all().numpy(), good)
 
 
 def test_one_step_and_composition_nfe():
@@ -269,24 +269,24 @@ def test_smoke_run_and_teacher_reuse(bench_cli, tmp_path):
 
 
 def test_auto_cache_keeps_small_sets_in_memory_and_puts_large_ones_on_disk(tmp_path, monkeypatch):
-    import bench.methods.chargen as cg
+    import bench.methods.trajectories as cg
 
     m = _chargen(euler_steps=4, n_traj=100)
-    assert m.cfg.cache == "auto" and m.cache_mode() == "memory"
-    m._make_trajectories()  # in memory, before the threshold is lowered below
-    monkeypatch.setattr(cg, "MEMORY_CACHE_MAX", 100 * m._traj_bytes() - 1)
+    assert m.cfg.cache == "auto" and m.traj.mode == "memory"
+    m.traj.make()  # in memory, before the threshold is lowered below
+    monkeypatch.setattr(cg, "MEMORY_CACHE_MAX", 100 * m.traj.bytes_per() - 1)
     cfg = ChargenConfig(euler_steps=4, n_traj=100, chunk=1000)
     cfg.teacher.flow.net = SMALL
     d = Chargen(cfg, SPEC, TrainConfig(batch_size=16), workdir=tmp_path)
     d.load_state_dict(m.state_dict())  # the same teacher
-    monkeypatch.setattr(cg, "CHUNK_BYTES", 7 * d._traj_bytes())  # chunks capped by bytes: 7 trajectories each
-    info = d._make_trajectories()
+    monkeypatch.setattr(cg, "CHUNK_BYTES", 7 * d.traj.bytes_per())  # chunks capped by bytes: 7 trajectories each
+    info = d.traj.make()
     assert info["cache"] == "disk" and info["chunk"] == 7
-    assert torch.allclose(d.trajectories(), m.trajectories(), atol=1e-6)
+    assert torch.allclose(d.traj.all(), m.traj.all(), atol=1e-6)
 
 
 def test_fit_gap_compares_cached_and_fresh_trajectories(bench_cli):
-    from bench.fit_gap import fit_gap
+    from bench.studies.fit_gap import fit_gap
 
     sets = ["--set", "method.cache=disk", "--set", "method.n_traj=64", "--set", "method.fit_steps=20"]
     code, _, err = bench_cli("train", "--method", "chargen", "--dataset", "moons", "--smoke", "--run-id", "g", *sets)
@@ -297,11 +297,12 @@ def test_fit_gap_compares_cached_and_fresh_trajectories(bench_cli):
         assert res[f"{key}_cached_from_0"] >= 0 and res[f"{key}_fresh_from_0"] >= 0
         assert res[f"{key}_fresh_over_cached_from_0"] > 0
     # the "cached" set is regenerated exactly: the first rows of the run's own trajectory file
-    from bench.methods.chargen import TRAJ_SEED, characteristics
+    from bench.methods.chargen import characteristics
+    from bench.methods.trajectories import TRAJ_SEED
 
-    from bench.rowfile import RowFile
-    from bench.runner import load_run
-    from bench.sampling import seeded_noise
+    from bench.core.noise import seeded_noise
+    from bench.core.rowfile import RowFile
+    from bench.run.runner import load_run
 
     _, _, m, _ = load_run(bench_cli.runs / "g", torch.device("cpu"))
     cached = RowFile.open(bench_cli.runs / "g" / "trajectories-K8-m64.npy").read_all()[:16]
@@ -310,8 +311,8 @@ def test_fit_gap_compares_cached_and_fresh_trajectories(bench_cli):
 
 
 def test_trajectories_from_reuses_a_runs_disk_cache_checks_it_and_charges_its_cost(bench_cli):
-    from bench.rowfile import RowFile
-    from bench.runner import load_run
+    from bench.core.rowfile import RowFile
+    from bench.run.runner import load_run
 
     smoke = ["--dataset", "moons", "--smoke"]
     assert bench_cli("train", "--method", "flow", *smoke, "--run-id", "t")[0] == 0
@@ -337,9 +338,9 @@ def test_trajectories_from_reuses_a_runs_disk_cache_checks_it_and_charges_its_co
     assert cost["network_passes"] == cost["reused"]["network_passes"] + cost["network_passes_by_stage"]["fit"]
     assert rec["extra"]["trajectories_from"] == {"run": "a", "rows": 32, "of": 64}
     _, _, m, _ = load_run(Path(rec["workdir"]), torch.device("cpu"))
-    m._ensure_trajectories(True)
+    m.traj.ensure()
     first = RowFile.open(a / "trajectories-K8-m64.npy").read_all()[:32]
-    assert torch.equal(m.trajectories(), torch.from_numpy(first))
+    assert torch.equal(m.traj.all(), torch.from_numpy(first))
 
     n_records = len(bench_cli.records())
     bad = [  # (overrides, message): each exits 2 without a record
@@ -358,11 +359,12 @@ def test_trajectories_from_reuses_a_runs_disk_cache_checks_it_and_charges_its_co
 def test_trajectories_from_with_fewer_rows_copies_them_and_makes_only_the_rest(bench_cli):
     """Extending a 64-trajectory set to 96: rows 0..63 are the source's bytes, rows 64..95 are what a fresh run
     makes (trajectory i from seed TRAJ_SEED + i), and the record charges 64 rows as reused, 32 as made here."""
-    from bench.methods.chargen import TRAJ_SEED, characteristics
+    from bench.methods.chargen import characteristics
+    from bench.methods.trajectories import TRAJ_SEED
 
-    from bench.rowfile import RowFile
-    from bench.runner import load_run
-    from bench.sampling import seeded_noise
+    from bench.core.noise import seeded_noise
+    from bench.core.rowfile import RowFile
+    from bench.run.runner import load_run
 
     smoke = ["--dataset", "moons", "--smoke"]
     assert bench_cli("train", "--method", "flow", *smoke, "--run-id", "t")[0] == 0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import leaderboard
 from bench.errors import BenchError
+from bench.output import leaderboard
 
 
 def test_smoke_run_writes_record_and_leaderboard(bench_cli):
@@ -155,7 +155,7 @@ def test_dry_run_resolves_checks_and_writes_nothing(bench_cli, tmp_path, monkeyp
     import torch
     import yaml
 
-    from bench.config import build_run_config, run_config_dict
+    from bench.core.config import build_run_config, run_config_dict
 
     before = _tree(tmp_path)
     args = ["run", "--dry-run", "--method", "chargen", "--dataset", "moons", "--smoke", "--set", "method.euler_steps=7"]
@@ -235,8 +235,8 @@ def test_resume_reproduces_an_uninterrupted_run(bench_cli, monkeypatch):
     """Interrupt after a checkpoint, resume, and get bit-identical weights to a straight run."""
     import torch
 
-    from bench import engine
-    from bench.runner import resolve_config, train_run
+    from bench.run import engine
+    from bench.run.runner import resolve_config, train_run
 
     cfg = resolve_config("flow", "moons", sets=["train.steps=40", "train.ckpt_every=20", "train.batch_size=64"])
     dev = torch.device("cpu")
@@ -394,8 +394,8 @@ def test_a_run_saved_before_a_defaulted_option_existed_still_loads_and_resumes(b
     import torch
     import yaml
 
-    from bench.checkpoint import save_checkpoint
-    from bench.runner import load_run
+    from bench.core.checkpoint import save_checkpoint
+    from bench.run.runner import load_run
 
     sets = ["--set", "method.cache=disk", "--set", "method.n_traj=64", "--set", "method.fit_steps=10"]
     code, _, err = bench_cli("train", "--method", "chargen", "--dataset", "moons", "--smoke", "--run-id", "old", *sets)

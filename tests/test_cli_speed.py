@@ -1,12 +1,12 @@
 """A CLI that answers at once: `bench list` and bad-input errors import none of the heavy packages (scipy,
 POT, scikit-learn, torchvision, torch-fidelity, clean-fid, torchdiffeq, matplotlib); they are imported only
 where used. A deterministic check on ``sys.modules`` in a fresh interpreter, not a timing; the timing is
-``python -m bench.bench_cli`` (results/bench/cli_latency.json)."""
+``python -m bench.perf.bench_cli`` (results/bench/cli_latency.json)."""
 
 import subprocess
 import sys
 
-from bench.bench_cli import heavy_imports
+from bench.perf.bench_cli import heavy_imports
 
 
 def test_bench_list_imports_no_heavy_package(tmp_path):
@@ -36,11 +36,11 @@ def test_bad_input_fails_before_any_heavy_import(tmp_path):
 
 
 def test_metric_modules_load_on_first_lookup():
-    """``import bench.metrics`` is cheap; the first look-up of a metric imports the modules that register them."""
+    """``import bench.eval.metrics`` is cheap; the first look-up of a metric imports the modules that register them."""
     code = (
-        "import sys; import bench.metrics; from bench.registry import METRICS\n"
-        "assert 'bench.metrics.w2' not in sys.modules and 'ot' not in sys.modules\n"
-        "assert METRICS.get('w2').kinds == ('points',) and 'bench.metrics.w2' in sys.modules\n"
+        "import sys; import bench.eval.metrics; from bench.registry import METRICS\n"
+        "assert 'bench.eval.metrics.w2' not in sys.modules and 'ot' not in sys.modules\n"
+        "assert METRICS.get('w2').kinds == ('points',) and 'bench.eval.metrics.w2' in sys.modules\n"
         "assert {'fid', 'fd_digits', 'modes', 'sw2'} <= set(METRICS.names())\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

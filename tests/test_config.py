@@ -1,6 +1,6 @@
 import pytest
 
-from bench.config import (
+from bench.core.config import (
     EvalConfig,
     RunConfig,
     TrainConfig,
@@ -11,8 +11,8 @@ from bench.config import (
     run_config_dict,
 )
 from bench.errors import BenchError
-from bench.registry import DATASETS, METHODS, Registry
-from bench.runner import load_builtins, resolve_config
+from bench.registry import DATASETS, METHODS, Registry, load_builtins
+from bench.run.runner import resolve_config
 
 load_builtins()
 
@@ -154,7 +154,7 @@ def test_eval_and_seed_ranges():
 def test_legacy_values_fill_only_saved_sections_that_lack_them():
     """A config saved before `time_max_freq` existed (its net section lacks the key) reads back with the
     Fourier features the older code used; one saved today, and non-net sections, are left as they are."""
-    from bench.config import legacy_filled, resolved_config
+    from bench.core.config import legacy_filled, resolved_config
 
     old = {"method": {"name": "flow", "net": {"hidden": 32, "depth": 1, "unet": {}}}, "train": {"steps": 3}}
     filled = legacy_filled(old)

@@ -12,7 +12,7 @@ from bench.methods.nets import NetConfig
 from helpers import FnNet as _Exact
 from helpers import cpu_batch as _batch
 
-from bench.config import TrainConfig
+from bench.core.config import TrainConfig
 
 SPEC = DataSpec("toy", "points", (2,), True)
 SMALL = NetConfig(hidden=32, depth=2)

@@ -10,7 +10,7 @@ from bench.methods.ect import ECT, ECTConfig
 from bench.methods.nets import NetConfig
 from helpers import FnNet
 
-from bench.config import TrainConfig
+from bench.core.config import TrainConfig
 
 SPEC = DataSpec("toy", "points", (2,), True)
 SMALL = NetConfig(hidden=32, depth=1)

@@ -40,7 +40,7 @@ def test_fused_ema_equals_per_parameter_lerp():
 
 
 def test_pass_counter_counts_forward_jvp_and_backward():
-    from bench.engine import PassCounter
+    from bench.run.engine import PassCounter
 
     class M(nn.Module):  # the counter hooks the networks a method holds
         def __init__(self) -> None:
@@ -93,7 +93,7 @@ def test_chargen_carries_its_reused_teachers_cost(bench_cli):
 
 
 def test_lr_factor_warms_up_then_decays_by_half_cosine():
-    from bench.engine import lr_factor
+    from bench.run.engine import lr_factor
 
     assert [lr_factor(4, 100, "constant", 0.0, s) for s in (0, 1, 3, 4, 99)] == [0.25, 0.5, 1.0, 1.0, 1.0]
     cos = [lr_factor(4, 104, "cosine", 0.1, s) for s in range(104)]

@@ -1,4 +1,4 @@
-"""The minimal re-implementations (bench/fairness) run end to end on a tiny budget and the comparison table
+"""The minimal re-implementations (bench/studies/fairness) run end to end on a tiny budget and the comparison table
 renders from their entries; their real numbers are a benchmark (results/fairness.md), not a timed test."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from bench.fairness import __main__ as fair
-from bench.fairness import (
+from bench.studies.fairness import __main__ as fair
+from bench.studies.fairness import (
     minimal_cd,
     minimal_ect,
     minimal_gan,
@@ -40,7 +40,7 @@ from bench.fairness import (
     ],
 )
 def test_minimal_versions_run_and_score(run, monkeypatch):
-    from bench.fairness import harness
+    from bench.studies.fairness import harness
 
     monkeypatch.setattr(harness, "N_EVAL", 200)  # exact OT on 5,000 points takes seconds per repeat
     out = run()

@@ -13,14 +13,14 @@ import torch
 from bench.datasets.base import DataSpec
 from torch import nn
 
-from bench.config import EvalConfig
+from bench.core.config import EvalConfig
 from bench.errors import BenchError
-from bench.metrics import MetricContext, applicable_metrics
-from bench.metrics import fid as F
-from bench.metrics.features import FeatureExtractor, feature_set_from_u8_batches, reference_feature_set
+from bench.eval.metrics import MetricContext, applicable_metrics
+from bench.eval.metrics import fid as F
+from bench.eval.metrics.features import FeatureExtractor, feature_set_from_u8_batches, reference_feature_set
+from bench.eval.sampling import TensorSamples
 from bench.pixels import from_uint8
 from bench.registry import METRICS
-from bench.sampling import TensorSamples
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -189,14 +189,14 @@ def digits_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_ds():
-    from bench.metrics.digits_classifier import digits_split
+    from bench.eval.metrics.digits_classifier import digits_split
 
     xtr, _, xte, _ = digits_split()
     return FakeImages(xtr, xte, name="digits")
 
 
 def test_digits_classifier_accuracy_and_cache(digits_cache):
-    from bench.metrics import digits_classifier as dc
+    from bench.eval.metrics import digits_classifier as dc
 
     t0 = time.perf_counter()
     clf = dc.load_or_train(digits_cache)
@@ -210,7 +210,7 @@ def test_digits_classifier_accuracy_and_cache(digits_cache):
 
 
 def test_classifier_split_matches_the_digits_dataset():
-    from bench.metrics.digits_classifier import digits_split
+    from bench.eval.metrics.digits_classifier import digits_split
 
     images = pytest.importorskip("bench.datasets.images")
     ds = images.Digits(images.DigitsConfig())
@@ -224,7 +224,7 @@ def _ctx(ds, cache, metrics, n_gen, n_ref):
 
 
 def test_fd_digits_real_vs_real_small_real_vs_noise_large(digits_cache, digits_ds, monkeypatch):
-    from bench.metrics.digits_classifier import DigitsExtractor
+    from bench.eval.metrics.digits_classifier import DigitsExtractor
 
     calls = {"n": 0}
     orig = DigitsExtractor.features
@@ -254,7 +254,7 @@ def test_fd_digits_real_vs_real_small_real_vs_noise_large(digits_cache, digits_d
 def test_fd_digits_matches_torch_fidelity_on_same_images(digits_cache, digits_ds):
     import torch_fidelity
 
-    from bench.metrics.digits_classifier import TFID_NAME, DigitsExtractor
+    from bench.eval.metrics.digits_classifier import TFID_NAME, DigitsExtractor
 
     class U8(torch.utils.data.Dataset):
         def __init__(self, x):
@@ -295,7 +295,7 @@ def test_automatic_choice_digits_gets_fd_digits_not_fid(tmp_path, monkeypatch, d
 
 
 def test_missing_weights_error_names_the_file(tmp_path, monkeypatch):
-    from bench.metrics.inception import TFID_FILENAME
+    from bench.eval.metrics.inception import TFID_FILENAME
 
     monkeypatch.delenv("BENCH_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.delenv("BENCH_ALLOW_DOWNLOAD", raising=False)
@@ -316,7 +316,7 @@ class _Evil:
 
 @pytest.mark.parametrize("kind", ["garbage", "pickle", "not-inception"])
 def test_invalid_weights_file_is_refused(tmp_path, monkeypatch, kind):
-    from bench.metrics.inception import verify_state_dict_weights
+    from bench.eval.metrics.inception import verify_state_dict_weights
 
     p = tmp_path / f"{kind}.pth"
     if kind == "garbage":
@@ -383,8 +383,8 @@ def _lowrank_fd(fg: np.ndarray, fr: np.ndarray) -> float:
 def test_inception_local_weights_route_features_and_cache(inception_file, tmp_path, monkeypatch):
     """Env var -> verified file -> torch-fidelity extractor -> streamed stats and cached reference: the
     exact objects the ``fid`` metric uses, equal to running torch-fidelity's network directly."""
-    from bench.metrics.features import generated_feature_set
-    from bench.metrics.inception import inception_extractor
+    from bench.eval.metrics.features import generated_feature_set
+    from bench.eval.metrics.inception import inception_extractor
 
     path, net = inception_file
     monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(path))
@@ -409,7 +409,7 @@ def test_inception_local_weights_route_features_and_cache(inception_file, tmp_pa
 def test_inception_on_grayscale_repeats_the_channel_and_says_not_comparable(inception_file, tmp_path, monkeypatch):
     """28x28 grayscale (Fashion-MNIST's format) through the test-written Inception file: the features are those of
     the channel repeated to RGB, and the protocol names grayscale among its not-comparable reasons."""
-    from bench.metrics.inception import inception_extractor
+    from bench.eval.metrics.inception import inception_extractor
 
     path, net = inception_file
     monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(path))
@@ -494,7 +494,7 @@ class _TSArchive(nn.Module):
 @pytest.mark.slow
 def test_torch_fidelity_and_clean_fid_engines_agree(inception_file, tmp_path, monkeypatch):
     """Same images, same random weights: torch-fidelity vs clean-fid (legacy_tensorflow, clean)."""
-    from bench.metrics.inception import CleanFidInception, TorchFidelityInception, verify_torchscript_weights
+    from bench.eval.metrics.inception import CleanFidInception, TorchFidelityInception, verify_torchscript_weights
 
     path, net = inception_file
     ref_u8, gen_u8 = _images(5, 0), _images(5, 1)
@@ -529,7 +529,7 @@ def test_torch_fidelity_and_clean_fid_engines_agree(inception_file, tmp_path, mo
 
 
 def test_cleanfid_refuses_non_torchscript_file(tmp_path):
-    from bench.metrics.inception import verify_torchscript_weights
+    from bench.eval.metrics.inception import verify_torchscript_weights
 
     p = tmp_path / "inception-2015-12-05.pt"
     torch.save({"a": torch.zeros(1)}, p)

@@ -15,19 +15,19 @@ import torch
 from bench.datasets.base import DataSpec
 from test_images import fake_cifar, make
 
-from bench.config import EvalConfig
+from bench.core.config import EvalConfig
 from bench.errors import BenchError
-from bench.metrics import MetricContext, inception
-from bench.metrics import fid as F
-from bench.metrics.features import (
+from bench.eval.metrics import MetricContext, inception
+from bench.eval.metrics import fid as F
+from bench.eval.metrics.features import (
     FeatureExtractor,
     reference_feature_set,
     reference_key,
     resolve_n_ref,
 )
+from bench.eval.sampling import TensorSamples
 from bench.pixels import from_uint8
 from bench.registry import METRICS
-from bench.sampling import TensorSamples
 
 FAKE_OFFICIAL = "c" * 64  # stands in for the official sha256 wherever a test monkeypatches the constant
 
@@ -351,7 +351,7 @@ def test_inception_on_fake_cifar_whole_split_only_n_gen_fails(random_inception_f
 def digits_ds_with_random_classifier(tmp_path):
     """The real digits data set and a DigitsCNN file with random weights in the classifier cache (no training:
     the protocol does not depend on what the features are)."""
-    from bench.metrics import digits_classifier as dc
+    from bench.eval.metrics import digits_classifier as dc
 
     images = pytest.importorskip("bench.datasets.images")
     torch.manual_seed(0)

@@ -5,8 +5,9 @@ from bench.methods.base import EvalPoint
 from bench.methods.flow import Flow, FlowConfig, VelocityModel, ot_pair
 from bench.methods.interpolants import INTERPOLANTS, gaussian_flow
 
-from bench import solvers
-from bench.sampling import Samples, seeded_noise
+from bench.core import solvers
+from bench.core.noise import seeded_noise
+from bench.eval.sampling import Samples
 
 SPEC = DataSpec("toy", "points", (2,), True)
 
@@ -90,7 +91,7 @@ def test_solver_nfe_reporting_and_bad_nfe():
 
 
 def test_sampling_is_independent_of_batch_size():
-    from bench.config import TrainConfig
+    from bench.core.config import TrainConfig
 
     torch.manual_seed(0)
     m = Flow(FlowConfig(), SPEC, TrainConfig())

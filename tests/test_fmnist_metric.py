@@ -16,11 +16,11 @@ import pytest
 import torch
 from test_images import make, write_idx
 
-from bench.config import EvalConfig
-from bench.metrics.registry import MetricContext, applicable_metrics
+from bench.core.config import EvalConfig
+from bench.eval.metrics.registry import MetricContext, applicable_metrics
+from bench.eval.sampling import TensorSamples
 from bench.pixels import from_uint8
 from bench.registry import METRICS
-from bench.sampling import TensorSamples
 
 NAMES = ["fd_fmnist", "kid_fmnist", "precision_fmnist", "recall_fmnist"]
 
@@ -64,8 +64,8 @@ def test_labels_follow_the_images(fake_ds):
 
 
 def test_classifier_trains_deterministically_and_is_cached_per_training_data(fake_ds, cache, tmp_path):
-    from bench.metrics import classifier as C
-    from bench.metrics import fmnist_classifier as fc
+    from bench.eval.metrics import classifier as C
+    from bench.eval.metrics import fmnist_classifier as fc
 
     t0 = time.perf_counter()
     clf = fc.load_or_train(fake_ds, cache)
@@ -130,8 +130,8 @@ def test_a_run_records_fd_fmnist_rows_and_the_floor(fake_ds, cache, bench_cli):
 
 
 def test_grayscale_inception_path_repeats_channels_and_is_not_literature_comparable():
-    from bench.metrics.fid import literature_protocol_check
-    from bench.metrics.inception import _rgb
+    from bench.eval.metrics.fid import literature_protocol_check
+    from bench.eval.metrics.inception import _rgb
 
     gray = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
     rgb = _rgb(gray)
@@ -147,7 +147,7 @@ def test_grayscale_inception_path_repeats_channels_and_is_not_literature_compara
     reason="the real files come with `apt-get install dataset-fashion-mnist`",
 )
 def test_real_fashion_mnist_classifier(tmp_path):
-    from bench.metrics import fmnist_classifier as fc
+    from bench.eval.metrics import fmnist_classifier as fc
 
     ds = make("fashion-mnist", root=str(tmp_path / "data"))
     assert len(ds.labels("train")) == 60000 and len(ds.labels("test")) == 10000

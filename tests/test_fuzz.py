@@ -16,10 +16,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.config import EvalConfig, TrainConfig, build_run_config, parse_sets, run_config_dict
+from bench.core.config import EvalConfig, TrainConfig, build_run_config, parse_sets, run_config_dict
 from bench.errors import BenchError
-from bench.registry import DATASETS, METHODS
-from bench.runner import load_builtins, validate_eval
+from bench.registry import DATASETS, METHODS, load_builtins
+from bench.run.runner import validate_eval
 
 load_builtins()
 

@@ -16,14 +16,13 @@ from bench.methods.base import Batch
 from bench.methods.dcgan import ConvDiscriminator, ConvGenerator, resolution_plan
 from torch import nn
 
-from bench.checkpoint import load_checkpoint
-from bench.config import EvalConfig, TrainConfig, from_dict
+from bench.core.checkpoint import load_checkpoint
+from bench.core.config import EvalConfig, TrainConfig, from_dict
 from bench.errors import BenchError
-from bench.metrics import MetricContext
-from bench.metrics.modes import hit_radius, mode_coverage
-from bench.registry import DATASETS, METHODS, METRICS
-from bench.runner import load_builtins
-from bench.sampling import TensorSamples
+from bench.eval.metrics import MetricContext
+from bench.eval.metrics.modes import hit_radius, mode_coverage
+from bench.eval.sampling import TensorSamples
+from bench.registry import DATASETS, METHODS, METRICS, load_builtins
 
 load_builtins()
 VARIANTS = {"gan": "ns", "gan-ns": "ns", "wgan-gp": "wgan", "sngan": "hinge"}
@@ -236,7 +235,7 @@ def test_modes_metric_threshold_and_radius():
 
 
 def test_modes_metric_applies_only_to_mixtures():
-    from bench.metrics import applicable_metrics
+    from bench.eval.metrics import applicable_metrics
 
     def names(ds: str, dim: int = 2) -> set[str]:
         return {m.name for m in applicable_metrics(DataSpec(ds, "points", (dim,), True), EvalConfig())}

@@ -15,11 +15,11 @@ import torch
 from bench.methods.base import EvalPoint
 from PIL import Image
 
+from bench.core.noise import seeded_noise
 from bench.errors import BenchError
-from bench.grids import GridTarget, grid_image, save_grid, write_eval_grid
+from bench.eval.grids import GridTarget, grid_image, save_grid, write_eval_grid
 from bench.pixels import to_uint8
 from bench.registry import DATASETS
-from bench.sampling import seeded_noise
 
 
 def make(name: str, **cfg):
@@ -125,7 +125,7 @@ def test_n_train_restricts_training_batches_only():
     assert len(seen) <= 10
     assert ds.split_u8("train").shape[0] == 1500  # reference and metrics keep the whole training split
     with pytest.raises(BenchError, match="n_train"):
-        from bench.config import from_dict
+        from bench.core.config import from_dict
 
         from_dict(DATASETS.get("digits").Config, {"n_train": -1})
 
@@ -289,7 +289,7 @@ def test_imagefolder_empty_missing_or_all_corrupt(tmp_path):
     with pytest.warns(UserWarning), pytest.raises(BenchError, match="none of the 1 image files"):
         make("imagefolder", root=str(tmp_path))
     with pytest.raises(BenchError, match="data.root must name"):
-        from bench.config import from_dict
+        from bench.core.config import from_dict
 
         from_dict(DATASETS.get("imagefolder").Config, {})
 
@@ -343,7 +343,7 @@ def test_eval_grid_uses_the_fixed_seed_range(tmp_path):
 def test_smoke_on_image_data_uses_the_micro_unet_unless_set():
     """--smoke on 28 px data: every U-Net left at "auto" (28 px: "small", ~4 s a step on 2 cores) becomes
     "micro"; a preset the user names is kept, and points data are untouched."""
-    from bench.runner import SMOKE_UNET, resolve_config
+    from bench.run.runner import SMOKE_UNET, resolve_config
 
     assert resolve_config("flow", "fashion-mnist", None, [], None, True).method.net.unet == SMOKE_UNET
     chargen = resolve_config("chargen", "fashion-mnist", None, [], None, True).method
@@ -361,9 +361,9 @@ def test_image_data_without_any_metric_is_refused_before_training(monkeypatch):
 
     from bench.datasets.base import DataSpec
 
-    from bench.config import EvalConfig
-    from bench.metrics import fid
-    from bench.metrics.registry import preflight
+    from bench.core.config import EvalConfig
+    from bench.eval.metrics import fid
+    from bench.eval.metrics.registry import preflight
 
     monkeypatch.setattr(fid, "_inception_present", lambda ev: False)
     ds = SimpleNamespace(spec=DataSpec("mnist", "image", (1, 28, 28), False))  # fashion-mnist has fd_fmnist

@@ -1,4 +1,5 @@
-"""The package's module-level imports form no cycle (a circle would make import order matter)."""
+"""The package's imports form no cycle (a circle would make import order matter) and point down its layers (base <
+core < methods/datasets < eval < run < output < studies < cli < perf): no module imports one of a higher layer."""
 
 from __future__ import annotations
 
@@ -57,19 +58,33 @@ def test_no_import_cycle_at_module_level():
     assert len(graph) > 30  # the walk saw the package
 
 
-# Imports inside functions that close a circle, each with its reason. Only this one is left: a saved config is
-# resolved against this version's defaults, which needs the registries filled (bench.runner.load_builtins, which
-# imports the methods, whose teacher loading reads configs).
-KNOWN_LAZY_CYCLE_EDGES = {("bench.config", "bench.runner")}
+LAYERS = [
+    ("bench", "bench.errors", "bench.registry", "bench.pixels"),  # the public base
+    ("bench.core",),
+    ("bench.methods", "bench.datasets"),
+    ("bench.eval",),
+    ("bench.run",),
+    ("bench.output",),
+    ("bench.studies",),
+    ("bench.cli",),
+    ("bench.perf",),
+]
 
 
-def test_function_level_imports_close_no_other_cycle():
-    """With the imports inside functions too, the graph minus the known edges has no cycle (sampling, evaluate
-    and engine share bench.netswap instead of importing each other's private names; nets and unet share
-    methods/timefeat.py)."""
+def layer(module: str) -> int:
+    """The layer of ``module``: the one whose longest prefix names it."""
+    hits = [
+        (len(p), i) for i, prefixes in enumerate(LAYERS) for p in prefixes if module == p or module.startswith(p + ".")
+    ]
+    assert hits, f"{module} is in no layer: add it to LAYERS"
+    return max(hits)[1]
+
+
+def test_imports_point_down_the_layers_and_close_no_cycle():
+    """Imports at module level and inside functions alike: none goes up a layer, none closes a circle."""
     mods = _modules()
     graph = {m: _imports(p, set(mods), nested=True) - {m} for m, p in mods.items()}
-    for a, b in KNOWN_LAZY_CYCLE_EDGES:
-        assert b in graph[a], f"{a} no longer imports {b}: drop it from KNOWN_LAZY_CYCLE_EDGES"
-        graph[a].discard(b)
+    up = [f"{a} -> {b}" for a, deps in sorted(graph.items()) for b in sorted(deps) if layer(b) > layer(a)]
+    assert not up, "imports going up a layer: " + "; ".join(up)
     _assert_no_cycle(graph)
+    assert {layer(m) for m in mods} == set(range(len(LAYERS)))  # every layer holds something

@@ -97,10 +97,10 @@ PROBE = textwrap.dedent(
     import time
     from pathlib import Path
 
-    import bench.checkpoint as _ck
-    import bench.evaluate as _ev
-    import bench.metrics.w2 as _w2
-    import bench.sampling as _smp
+    import bench.core.checkpoint as _ck
+    import bench.eval.evaluate as _ev
+    import bench.eval.metrics.w2 as _w2
+    import bench.eval.sampling as _smp
 
     POINT, _, _N = os.environ.get("KILLPROBE", "").partition(":")
     _seen = [0]
@@ -627,8 +627,7 @@ def test_killed_while_unpacking_mnist_the_next_run_reads_the_data(tmp_path):
 
     import numpy as np
 
-    from bench.registry import DATASETS
-    from bench.runner import load_builtins
+    from bench.registry import DATASETS, load_builtins
 
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -654,7 +653,7 @@ def test_killed_while_unpacking_mnist_the_next_run_reads_the_data(tmp_path):
 
 
 def _write_forever(path: str, start: int) -> None:
-    from bench.checkpoint import atomic_write_json
+    from bench.core.checkpoint import atomic_write_json
 
     pad = [list(range(500)) for _ in range(400)]  # about 1 MB of JSON per write
     i = start
@@ -720,7 +719,7 @@ class _Evil:
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
     import pickle
 
-    from bench.checkpoint import CKPT_FORMAT
+    from bench.core.checkpoint import CKPT_FORMAT
 
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)

@@ -3,11 +3,10 @@ import math
 import pytest
 import torch
 
-from bench.config import from_dict
+from bench.core.config import from_dict
 from bench.errors import BenchError
-from bench.registry import DATASETS
-from bench.runner import load_builtins
-from bench.study import STUDIES, loglog_fit, render_study
+from bench.registry import DATASETS, load_builtins
+from bench.studies.study import STUDIES, loglog_fit, render_study
 
 load_builtins()
 
@@ -58,8 +57,8 @@ def test_loglog_fit_recovers_a_power_law():
 
 
 def test_study_definitions_resolve_and_render():
-    from bench.runner import resolve_config
-    from bench.study import BASE_SETS
+    from bench.run.runner import resolve_config
+    from bench.studies.study import BASE_SETS
 
     for st in STUDIES.values():
         for v in st.values:

@@ -16,7 +16,7 @@ from bench.methods.meanflow import FlowMapNet, MeanFlow, MeanFlowConfig, adaptiv
 from bench.methods.nets import NetConfig, TimeMLP
 from bench.methods.unet import build_unet
 
-from bench.config import TrainConfig
+from bench.core.config import TrainConfig
 
 SPEC = DataSpec("toy", "points", (2,), True)
 SMALL = NetConfig(hidden=32, depth=2)

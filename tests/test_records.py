@@ -17,9 +17,7 @@ from filelock import FileLock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.errors import BenchError
-from bench.leaderboard import build_tables, render, render_all, render_markdown
-from bench.records import (
+from bench.core.records import (
     LOCK_NAME,
     SCHEMA,
     load_records,
@@ -29,7 +27,9 @@ from bench.records import (
     scan_records,
     write_record,
 )
-from bench.targets import render_targets
+from bench.errors import BenchError
+from bench.output.leaderboard import build_tables, render, render_all, render_markdown
+from bench.output.targets import render_targets
 
 REF = "fresh samples of the exact data law"
 
@@ -401,7 +401,7 @@ def test_runs_saved_before_a_defaulted_option_existed_share_the_row_of_later_run
     still makes another row."""
     from bench.methods.nets import NetConfig
 
-    from bench.config import TrainConfig
+    from bench.core.config import TrainConfig
 
     old = _record("old", [_row(4)], seed=0)
     new = _record("new", [_row(4)], seed=1)

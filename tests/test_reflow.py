@@ -4,15 +4,15 @@ import pytest
 import torch
 from bench.datasets.base import DataSpec
 from bench.methods.base import EvalPoint, Shard
-from bench.methods.chargen import TRAJ_SEED
 from bench.methods.flow import sample_flow
 from bench.methods.nets import NetConfig
 from bench.methods.reflow import Reflow, ReflowConfig, couple
+from bench.methods.trajectories import TRAJ_SEED
 from helpers import FnNet as _Exact
 from helpers import cpu_batch as _batch
 
-from bench.config import TrainConfig
-from bench.sampling import seeded_noise
+from bench.core.config import TrainConfig
+from bench.core.noise import seeded_noise
 
 SPEC = DataSpec("toy", "points", (2,), True)
 SMALL = NetConfig(hidden=32, depth=2)

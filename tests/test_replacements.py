@@ -17,14 +17,14 @@ from bench.datasets.images import digits_split
 from bench.datasets.synthetic import checkerboard, eight_gaussians, moons
 from PIL import Image
 
-from bench.checkpoint import atomic_path, atomic_write_text, load_checkpoint, save_checkpoint
-from bench.grids import grid_image, save_grid
-from bench.metrics.registry import MetricContext
-from bench.metrics.w2 import solver_workers, w2_exact, w2_exact_many, w2_metric_many, w2_sliced
+from bench.core.checkpoint import atomic_path, atomic_write_text, load_checkpoint, save_checkpoint
+from bench.core.stats import mean_std, summary
+from bench.eval.grids import grid_image, save_grid
+from bench.eval.metrics.registry import MetricContext
+from bench.eval.metrics.w2 import solver_workers, w2_exact, w2_exact_many, w2_metric_many, w2_sliced
+from bench.eval.sampling import TensorSamples
 from bench.registry import DATASETS
-from bench.sampling import TensorSamples
-from bench.stats import mean_std, summary
-from bench.study import loglog_fit
+from bench.studies.study import loglog_fit
 
 
 def _sha(a) -> str:
@@ -306,7 +306,7 @@ def test_sliced_w2_fast_path_equals_pots_own_solver():
     import numpy as np
     import ot
 
-    from bench.metrics.w2 import w2_sliced
+    from bench.eval.metrics.w2 import w2_sliced
 
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(700, 3, generator=g), torch.randn(700, 3, generator=g) * 1.5 + 0.2

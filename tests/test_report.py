@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.leaderboard import train_time
-from bench.page import render_page
-from bench.report import pareto_front, plan_report, render_report
+from bench.output.leaderboard import train_time
+from bench.output.page import render_page
+from bench.output.report import pareto_front, plan_report, render_report
 
 SCHEMA = "onestep-bench-record/1"
 EVIL = 'gan[<b>&"x"]'  # a label that must come out escaped
@@ -319,7 +319,7 @@ def test_page_in_a_browser(results):
 
 def test_points_sample_panel_from_a_real_run(bench_cli):
     """A points run whose folder is on this machine gets a sample panel drawn from its checkpoint."""
-    from bench.report import plan_report, render_report
+    from bench.output.report import plan_report, render_report
 
     sets = ["--set", "eval.nfe=[1,4]", "--set", "eval.solvers=[euler]", "--set", "eval.timing=false"]
     code, _, err = bench_cli("run", "--method", "flow", "--dataset", "moons", "--smoke", *sets)

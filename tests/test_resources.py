@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bench.core.resources import check_fits, meta_param_count
 from bench.errors import BenchError
-from bench.resources import check_fits, meta_param_count
 
 
 def test_meta_count_allocates_nothing_and_matches_the_real_count():

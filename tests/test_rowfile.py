@@ -1,11 +1,11 @@
-"""bench.rowfile: a .npy written and read by file offset, equal to numpy's own reading of it."""
+"""bench.core.rowfile: a .npy written and read by file offset, equal to numpy's own reading of it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.rowfile import RowFile
+from bench.core.rowfile import RowFile
 
 
 def test_rows_written_in_any_order_read_back_as_numpy_sees_them(tmp_path):

@@ -14,7 +14,7 @@ from bench.methods.nets import NetConfig, TimeMLP
 from bench.methods.scm import SCM, SCMConfig, consistency_fn, tangent, tau_to_t, trig_output
 from test_meanflow import MEAN, STD, _Exact, gaussian_average_velocity, two_processes_match_one
 
-from bench.config import TrainConfig
+from bench.core.config import TrainConfig
 
 SPEC = DataSpec("toy", "points", (2,), True)
 SMALL = NetConfig(hidden=32, depth=2)

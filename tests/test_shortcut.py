@@ -14,7 +14,7 @@ from bench.methods.shortcut import Shortcut, ShortcutConfig, shortcut_target
 from helpers import cpu_batch as _batch
 from test_meanflow import gaussian_average_velocity, two_processes_match_one
 
-from bench.config import TrainConfig
+from bench.core.config import TrainConfig
 
 SPEC = DataSpec("toy", "points", (2,), True)
 SMALL = NetConfig(hidden=32, depth=2)

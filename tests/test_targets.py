@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from bench.targets import chargen_targets, render_targets
+from bench.output.targets import chargen_targets, render_targets
 
 
 def _row(label: str, solver: str, nfe: int, metric: str, values: list[float], per_sample_s: float) -> dict:

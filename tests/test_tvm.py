@@ -11,7 +11,7 @@ from bench.methods.nets import NetConfig
 from bench.methods.tvm import TVM, TVMConfig, terminal_derivative
 from test_meanflow import MEAN, STD, _Exact, _points, gaussian_average_velocity, two_processes_match_one
 
-from bench.config import TrainConfig
+from bench.core.config import TrainConfig
 
 SPEC = DataSpec("toy", "points", (2,), True)
 SMALL = NetConfig(hidden=32, depth=2)

@@ -11,7 +11,7 @@ from bench.methods.unet import PRESETS, UNet, UNetPreset, build_unet, widening
 from PIL import Image
 
 from bench.errors import BenchError
-from bench.metrics.registry import MetricContext, MetricSpec
+from bench.eval.metrics.registry import MetricContext, MetricSpec
 from bench.registry import METRICS
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.metrics.w2 import gaussian_w2, w2_exact, w2_sliced
+from bench.eval.metrics.w2 import gaussian_w2, w2_exact, w2_sliced
 
 
 def test_w2_matches_gaussian_closed_form_at_default_n():

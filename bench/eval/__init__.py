@@ -1,0 +1,1 @@
+"""Evaluation: sampling, timing, metrics (bench.eval.metrics) and the sample grids of a run."""
