@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+STD_PROBE_SEED = 424_242  # the draw DataSpec.data_std is measured on (synthetic data)
+
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a method needs to know about the data: kind and per-sample shape."""
+    """What a method needs to know about the data: kind, per-sample shape and scale."""
 
     name: str
     kind: Literal["points", "image"]
     shape: tuple[int, ...]
     exact_reference: bool  # True when reference samples come from the exact data law (synthetic)
+    # the data's standard deviation, every coordinate pooled (:meth:`Dataset.measure_std`), for methods that scale
+    # their noise to the data (sCM's sigma_d); None until the data set has measured it
+    data_std: float | None = None
 
     @property
     def dim(self) -> int:
@@ -37,6 +43,8 @@ class Dataset:
 
     def __init__(self, spec: DataSpec, n_train: int = 0, seed: int = 0) -> None:
         self.spec = spec
+        if spec.data_std is None:
+            self.spec = dataclasses.replace(spec, data_std=self.measure_std())
         self.n_train = n_train
         self._train: Tensor | None = None
         if n_train > 0:  # a fixed finite training set (for sample-size studies)
@@ -44,6 +52,10 @@ class Dataset:
 
     def draw(self, n: int, gen: torch.Generator) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def measure_std(self) -> float:
+        """The data's std, every coordinate pooled: here of a seeded 10,000-sample draw of the law."""
+        return float(self.draw(10_000, torch.Generator().manual_seed(STD_PROBE_SEED)).double().std())
 
     def train_batch(self, n: int, gen: torch.Generator) -> Tensor:
         if self._train is None:

@@ -75,6 +75,13 @@ class ImageDataset(Dataset):
     def _load(self, split: str) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def measure_std(self) -> float:
+        """The std of the training split's pixels in [-1, 1] (exact, from the uint8 histogram)."""
+        counts = torch.bincount(self.split_u8("train").flatten(), minlength=256).double()
+        v = from_uint8(torch.arange(256, dtype=torch.uint8)).double()
+        mean = (counts * v).sum() / counts.sum()
+        return float(((counts * (v - mean) ** 2).sum() / (counts.sum() - 1)).sqrt())
+
     def split_u8(self, split: str) -> Tensor:
         """The whole split as uint8 ``(N, C, H, W)`` (loaded once, then cached)."""
         if split not in self.splits:

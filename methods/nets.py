@@ -61,7 +61,8 @@ class NetConfig:
     # (checkerboard, 4,000 steps, W2 at NFE 1: 0.38 raw vs 1.76 at 1,000); flow / chargen do not move (0.22 both)
     time_max_freq: float = 0.0
     unet: str = (
-        "auto"  # U-Net preset for images: auto (tiny up to 16 px, else small), tiny, tiny-wide, small, mnist, cifar10
+        "auto"  # U-Net preset for images: auto (tiny up to 16 px, else compact), tiny, tiny-wide, compact, small,
+        # mnist, cifar10
     )
 
     def validate(self) -> None:

@@ -2,25 +2,26 @@
 from scratch) and distillation (sCD, from the suite's flow teacher), on chargen's two-time network.
 
 TrigFlow in this repo's time. The paper's path is x_tau = cos(tau) x1 + sin(tau) sigma_d z, tau in [0, pi/2] from
-data (0) to noise (pi/2), with the consistency function f(x_tau, tau) = cos(tau) x_tau - sin(tau) sigma_d F(x_tau, tau).
-With sigma_d = 1 (every method of the suite draws unit-variance noise; the paper's 0.5 is its pixel data's std)
-it is this repo's linear path rescaled: x_tau = k x_t with k = cos + sin and t = cos(tau) / k (noise t = 0 at
-tau = pi/2, data t = 1 at tau = 0). The network is f(x_t, t) = g(t, 1, x_t) = x_t + (1 - t) u(t, 1, x_t), so
-f(x, 1) = x exactly, and the paper's output is
+data (0) to noise (pi/2), with the consistency function f(x_tau, tau) = cos(tau) x_tau - sin(tau) sigma_d F(x_tau, tau)
+and sigma_d the data's std (the noise is scaled to the data: ``sigma_d`` 0 = DataSpec.data_std; sCD keeps the
+suite's unit noise, its teacher's). It is this repo's linear path with noise sigma_d z, rescaled: x_tau = k x_t with
+k = cos + sin and t = cos(tau) / k (noise t = 0 at tau = pi/2, data t = 1 at tau = 0). The network is
+f(x_t, t) = g(t, 1, x_t) = x_t + (1 - t) u(t, 1, x_t), so f(x, 1) = x exactly, and the paper's output is
 
-    F(x_tau, tau) = (cos - sin) x_t - u(t, 1, x_t) / k          (x_t = x_tau / k; no division by sin at tau = 0).
+    F(x_tau, tau) = ((cos - sin) x_t - u(t, 1, x_t) / k) / sigma_d     (x_t = x_tau / k; no division by sin).
 
 Loss (the paper's Algorithm 1 and eq. 8, with theta^- = sg theta):
 
-    dx/dtau  = cos z - sin x1 (sCT)  or  the teacher's velocity in TrigFlow time, (cos - sin) x_t - v(x_t, t) / k (sCD)
-    g        = -cos^2 (F^- - dx/dtau) - r cos sin (x_tau + dF^-/dtau)     (= cos df^-/dtau at r = 1)
+    dx/dtau  = cos sigma_d z - sin x1 (sCT)  or  the teacher's velocity in TrigFlow time (sCD, sigma_d = 1),
+               (cos - sin) x_t - v(x_t, t) / k
+    g        = -cos^2 (sigma_d F^- - dx/dtau) - r cos sin (x_tau + sigma_d dF^-/dtau)   (= cos df^-/dtau at r = 1)
     g        <- g / (||g|| + c)                                          (tangent normalisation, c = 0.1)
     L        = e^{w(tau)} / D || F_theta - F^- - g ||^2 - w(tau)           (adaptive weighting, w learned)
 
 with dF^-/dtau from one JVP of F^- in (tau, x_tau) along (1, dx/dtau), r rising linearly from 0 to 1 over
 ``tangent_warmup`` steps (tangent warm-up), tau = arctan(e^n / sigma_d), n ~ N(P_mean, P_std^2) (CIFAR-10: -1.0,
-1.4). Sampling (the paper's 1- and 2-step): x = f(z, pi/2) = g(0, 1, z); then re-noise to tau_mid,
-x_tau = cos x + sin z', and map again (CIFAR-10 two-step: tau_mid = 1.1). Stabilisers of the paper that are
+1.4). Sampling (the paper's 1- and 2-step): x = f(sigma_d z, pi/2) = g(0, 1, sigma_d z); then re-noise to tau_mid,
+x_tau = cos x + sin sigma_d z', and map again (CIFAR-10 two-step: tau_mid = 1.1). Stabilisers of the paper that are
 architectural (positional time embedding at a small scale, adaptive double normalisation, the JVP rearrangement for
 attention) are covered by the suite's nets (raw time input, attention on the math kernel) or left out.
 """
@@ -51,13 +52,13 @@ def tau_to_t(tau: Tensor) -> Tensor:
     return torch.cos(tau) / (torch.cos(tau) + torch.sin(tau))
 
 
-def trig_output(net: nn.Module, tau: Tensor, x_tau: Tensor) -> Tensor:
+def trig_output(net: nn.Module, tau: Tensor, x_tau: Tensor, sigma_d: float = 1.0) -> Tensor:
     """The paper's F(x_tau, tau) for f(x_t, t) = g(t, 1, x_t) of ``net`` (a :class:`FlowMapNet`)."""
     cos, sin = bc(torch.cos(tau), x_tau), bc(torch.sin(tau), x_tau)
     k = cos + sin
     xt = x_tau / k
     t = tau_to_t(tau)
-    return (cos - sin) * xt - net(t, torch.ones_like(t), xt, velocity=True) / k
+    return ((cos - sin) * xt - net(t, torch.ones_like(t), xt, velocity=True) / k) / sigma_d
 
 
 def consistency_fn(net: nn.Module, tau: Tensor, x_tau: Tensor) -> Tensor:
@@ -66,13 +67,16 @@ def consistency_fn(net: nn.Module, tau: Tensor, x_tau: Tensor) -> Tensor:
     return net(t, torch.ones_like(t), x_tau / bc(torch.cos(tau) + torch.sin(tau), x_tau))
 
 
-def tangent(net: nn.Module, tau: Tensor, x_tau: Tensor, dx: Tensor, r: float) -> tuple[Tensor, Tensor]:
-    """(F^-, g) with g = -cos^2 (F^- - dx) - r cos sin (x_tau + dF^-/dtau) (unnormalised), dF^-/dtau from one JVP
-    along (1, dx), without grad, in full precision, attention on the math kernel."""
+def tangent(
+    net: nn.Module, tau: Tensor, x_tau: Tensor, dx: Tensor, r: float, sigma_d: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """(F^-, g) with g = -cos^2 (sigma_d F^- - dx) - r cos sin (x_tau + sigma_d dF^-/dtau) (unnormalised), dF^-/dtau
+    from one JVP along (1, dx), without grad, in full precision, attention on the math kernel."""
     with torch.no_grad(), torch.autocast(x_tau.device.type, enabled=False), sdpa_kernel(SDPBackend.MATH):
-        f_minus, df = torch.func.jvp(lambda a, x: trig_output(net, a, x), (tau, x_tau), (torch.ones_like(tau), dx))
+        fn = lambda a, x: trig_output(net, a, x, sigma_d)  # noqa: E731
+        f_minus, df = torch.func.jvp(fn, (tau, x_tau), (torch.ones_like(tau), dx))
         cos, sin = bc(torch.cos(tau), x_tau), bc(torch.sin(tau), x_tau)
-        return f_minus, -cos * cos * (f_minus - dx) - r * cos * sin * (x_tau + df)
+        return f_minus, -cos * cos * (sigma_d * f_minus - dx) - r * cos * sin * (x_tau + sigma_d * df)
 
 
 class AdaptiveWeight(nn.Module):
@@ -99,6 +103,9 @@ class SCMConfig:
     net: NetConfig | None = None  # network of u(t, s, x); None = the teacher's (sCD) / the default net (sCT)
     init: Literal["auto", "teacher", "scratch"] = "auto"  # auto: sCD starts from the teacher (the paper tunes a
     # pretrained TrigFlow model), sCT from scratch
+    # the noise's std sigma_d (the paper: the data's, 0.5 on CIFAR-10); 0 = the data's (DataSpec.data_std) for sCT,
+    # 1 for sCD (its teacher's unit noise; sCD accepts no other value)
+    sigma_d: float = 0.0
     p_mean: float = -1.0  # tau = arctan(e^n / sigma_d), n ~ N(p_mean, p_std^2): the paper's CIFAR-10 values
     p_std: float = 1.4
     tangent_c: float = 0.1  # tangent normalisation g / (||g|| + c) (the paper's c = 0.1); 0 = off
@@ -113,8 +120,10 @@ class SCMConfig:
     def validate(self) -> None:
         if self.mode == "sct" and self.init == "teacher" and not self.teacher.run:
             raise BenchError("method.init=teacher with mode=sct needs method.teacher.run (sCT trains no teacher)")
-        if self.p_std <= 0 or self.tangent_c < 0 or self.tangent_warmup < 0:
-            raise BenchError("method: need p_std > 0, tangent_c >= 0 and tangent_warmup >= 0")
+        if self.p_std <= 0 or self.tangent_c < 0 or self.tangent_warmup < 0 or self.sigma_d < 0:
+            raise BenchError("method: need p_std > 0, tangent_c >= 0, tangent_warmup >= 0 and sigma_d >= 0")
+        if self.mode == "scd" and self.sigma_d not in (0.0, 1.0):
+            raise BenchError("method.sigma_d: sCD keeps its teacher's unit noise (0 or 1)")
         if self.fit_steps < 0 or self.fit_lr <= 0 or self.fit_batch < 0:
             raise BenchError("method: need fit_steps >= 0, fit_lr > 0, fit_batch >= 0")
         if not self.sample_steps or any(k < 1 for k in self.sample_steps):
@@ -149,17 +158,19 @@ class SCM(TeacherMixin, Method):
         self.g = FlowMapNet(build_net(spec, net_cfg, n_times=2))
         self.g_ema = ema_copy(self.g)
         self.w_phi = AdaptiveWeight()
+        self.sigma_d = cfg.sigma_d or (1.0 if cfg.mode == "scd" or spec.data_std is None else float(spec.data_std))
 
     def tangent_r(self, step: int) -> float:
         w = self.cfg.tangent_warmup
         return 1.0 if w == 0 else min(1.0, (step + 1) / w)
 
     def sample_tau(self, b: Batch) -> Tensor:
-        return torch.atan(torch.exp(self.cfg.p_mean + self.cfg.p_std * b.randn()))  # sigma_d = 1
+        return torch.atan(torch.exp(self.cfg.p_mean + self.cfg.p_std * b.randn()) / self.sigma_d)
 
     def loss(self, b: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         c, x1 = self.cfg, b.x
-        z = b.randn_like(x1)
+        sd = self.sigma_d
+        z = b.randn_like(x1) * sd
         tau = self.sample_tau(b).to(x1.dtype)
         cos, sin = bc(torch.cos(tau), x1), bc(torch.sin(tau), x1)
         x_tau = cos * x1 + sin * z
@@ -169,10 +180,10 @@ class SCM(TeacherMixin, Method):
             xt = x_tau / (cos + sin)
             with torch.no_grad():
                 dx = (cos - sin) * xt - self.v()(tau_to_t(tau), xt) / (cos + sin)
-        f_minus, g = tangent(bare(self.g), tau, x_tau, dx, self.tangent_r(step))
+        f_minus, g = tangent(bare(self.g), tau, x_tau, dx, self.tangent_r(step), sd)
         if c.tangent_c > 0:
             g = g / (bc(g.flatten(1).norm(dim=1), g) + c.tangent_c)
-        sq = (trig_output(self.g, tau, x_tau) - f_minus - g).pow(2).flatten(1).mean(1)
+        sq = (trig_output(self.g, tau, x_tau, sd) - f_minus - g).pow(2).flatten(1).mean(1)
         if not c.adaptive:
             return sq.mean(), {"mse": sq.mean().detach()}
         w = self.w_phi(tau)
@@ -214,9 +225,10 @@ class SCM(TeacherMixin, Method):
     def sample(self, noise: Tensor, point: EvalPoint) -> tuple[Tensor, int]:
         k = int(point.nfe)
         zero = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
-        x = consistency_fn(self.g_ema, zero + math.pi / 2, noise[:, 0])
+        sd = self.sigma_d
+        x = consistency_fn(self.g_ema, zero + math.pi / 2, sd * noise[:, 0])
         for j, tau in enumerate(self.cfg.mid_tau[: k - 1], start=1):
-            x = consistency_fn(self.g_ema, zero + tau, math.cos(tau) * x + math.sin(tau) * noise[:, j])
+            x = consistency_fn(self.g_ema, zero + tau, math.cos(tau) * x + math.sin(tau) * sd * noise[:, j])
         return x, k
 
     def forward_reference(self) -> Callable[[Tensor], Tensor]:
@@ -230,8 +242,9 @@ class SCM(TeacherMixin, Method):
         return {
             **self.teacher_extra(),
             "init": "teacher" if self.init_from_teacher else "scratch",
-            "time_map": "TrigFlow tau -> t = cos / (cos + sin), x_tau = (cos + sin) x_t, sigma_d = 1",
-            "tau": f"arctan(exp(N({c.p_mean}, {c.p_std}^2)))",
+            "time_map": "TrigFlow tau -> t = cos / (cos + sin), x_tau = (cos + sin) x_t",
+            "sigma_d": self.sigma_d,
+            "tau": f"arctan(exp(N({c.p_mean}, {c.p_std}^2)) / sigma_d)",
             "tangent": {"normalisation_c": c.tangent_c, "warmup_steps": c.tangent_warmup},
             "weighting": "learned e^w / D ||.||^2 - w" if c.adaptive else "1 / D",
             "mid_tau": c.mid_tau[: max(c.sample_steps) - 1],

@@ -47,14 +47,17 @@ PRESETS: dict[str, UNetPreset] = {
     # ``tiny`` at twice the width (2.9M params on digits), with tiny's time features: a student that can
     # start from a ``tiny`` teacher (channel replication, see the module docstring)
     "tiny-wide": UNetPreset(64, (1, 2), 1, n_freq=16, max_groups=64),
-    # ~2M params; CPU-friendly at 28/32 px (attention at the 7/8 px level)
+    # 0.69M params at 28 px: three levels 28 -> 14 -> 7 (24, 48, 48 channels), one block each, no attention; the
+    # CPU preset ("auto" above 16 px): steps/s of every preset at 28 px are in results/bench/unet_presets_28px.json
+    "compact": UNetPreset(24, (1, 2, 2), 1),
+    # ~1.8M params at 28 px (attention at the 7/8 px level): 4 s per step at batch 256 on 2 CPU cores
     "small": UNetPreset(32, (1, 2, 2), 2, attn=(7, 8)),
     # the chargen reference code's MNIST net: 32 channels, mults [1,2,2], 4 blocks/level, dropout 0.1
     "mnist": UNetPreset(32, (1, 2, 2), 4, dropout=0.1),
     # the chargen reference code's CIFAR-10 net: 128 channels, mults [1,2,2,2], attention at 16x16, dropout 0.1
     "cifar10": UNetPreset(128, (1, 2, 2, 2), 4, attn=(16,), dropout=0.1),
 }
-AUTO_SMALL_MAX = 16  # "auto": "tiny" up to this image side, "small" above
+AUTO_SMALL_MAX = 16  # "auto": "tiny" up to this image side, "compact" above
 
 
 def _groups(ch: int, max_groups: int = 32) -> int:
@@ -314,7 +317,7 @@ def resolve_preset(spec, preset: str) -> str:
     """The preset name ``"auto"`` stands for at this image size (others unchanged)."""
     if preset != "auto":
         return preset
-    return "tiny" if max(spec.shape[1:]) <= AUTO_SMALL_MAX else "small"
+    return "tiny" if max(spec.shape[1:]) <= AUTO_SMALL_MAX else "compact"
 
 
 def build_unet(spec, preset: str, n_times: int = 1) -> UNet:

@@ -152,6 +152,14 @@ def test_precision_recall_extremes():
 # reference statistics cache
 
 
+def test_precision_recall_use_an_equal_size_seeded_reference_subset():
+    ref = torch.arange(100.0)[:, None].expand(100, 4).contiguous()
+    assert F.pr_reference(ref, 100) is ref and F.pr_reference(ref, 500) is ref  # no more rows than needed: all
+    sub = F.pr_reference(ref, 30)
+    assert sub.shape == (30, 4) and torch.equal(sub, F.pr_reference(ref, 30))  # seeded
+    assert len(set(sub[:, 0].tolist())) == 30 and sub[:, 0].tolist() == sorted(sub[:, 0].tolist())
+
+
 def test_reference_cache_hit_never_recomputes_and_key_change_recomputes(tmp_path):
     u8 = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     ds = FakeImages(u8)

@@ -8,10 +8,12 @@ import pytest
 import torch
 from bench.datasets.base import DataSpec
 from bench.methods.base import Batch
+from bench.methods.flow import FlowConfig
 from bench.methods.interpolants import gaussian_flow
 from bench.methods.meanflow import FlowMapNet
 from bench.methods.nets import NetConfig, TimeMLP
 from bench.methods.scm import SCM, SCMConfig, consistency_fn, tangent, tau_to_t, trig_output
+from bench.methods.teacher import TeacherConfig
 from test_meanflow import MEAN, STD, _Exact, gaussian_average_velocity, two_processes_match_one
 
 from bench.core.config import TrainConfig
@@ -62,16 +64,30 @@ def _fd_tangent(net, tau, x1, z, h=1e-5):
     return torch.cos(tau)[:, None] * (f_at(tau + h) - f_at(tau - h)) / (2 * h)
 
 
-def test_tangent_is_cos_times_df_dtau_along_the_sct_path():
+@pytest.mark.parametrize("sd", [1.0, 2.3])
+def test_tangent_is_cos_times_df_dtau_along_the_sct_path(sd):
+    """x_tau = cos x1 + sin sigma_d z: g = cos df/dtau for f = cos x - sin sigma_d F, any sigma_d."""
     net, tau = _net(), _taus()
-    x1, z = torch.randn(32, 2, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    x1, z = torch.randn(32, 2, dtype=torch.float64), sd * torch.randn(32, 2, dtype=torch.float64)
     c, s = torch.cos(tau)[:, None], torch.sin(tau)[:, None]
     x_tau, dx = c * x1 + s * z, c * z - s * x1
-    f_minus, g = tangent(net, tau, x_tau, dx, r=1.0)
-    torch.testing.assert_close(f_minus, trig_output(net, tau, x_tau))
+    f_minus, g = tangent(net, tau, x_tau, dx, r=1.0, sigma_d=sd)
+    torch.testing.assert_close(f_minus, trig_output(net, tau, x_tau, sd))
+    torch.testing.assert_close(c * x_tau - s * sd * f_minus, consistency_fn(net, tau, x_tau))
     torch.testing.assert_close(g, _fd_tangent(net, tau, x1, z), atol=1e-7, rtol=1e-6)
-    _, g0 = tangent(net, tau, x_tau, dx, r=0.0)  # warm-up drops the second term only
-    torch.testing.assert_close(g0, -c * c * (f_minus - dx))
+    _, g0 = tangent(net, tau, x_tau, dx, r=0.0, sigma_d=sd)  # warm-up drops the second term only
+    torch.testing.assert_close(g0, -c * c * (sd * f_minus - dx))
+
+
+def test_sigma_d_is_the_data_std_for_sct_and_one_for_scd(bench_cli):
+    spec = DataSpec("toy", "points", (2,), True, data_std=2.5)
+    assert SCM(SCMConfig(net=SMALL), spec, TrainConfig()).sigma_d == 2.5
+    assert SCM(SCMConfig(net=SMALL, sigma_d=0.7), spec, TrainConfig()).sigma_d == 0.7
+    m = SCM(SCMConfig(mode="scd", teacher=TeacherConfig(flow=FlowConfig(net=SMALL))), spec, TrainConfig())
+    assert m.sigma_d == 1.0
+    code, _, err = bench_cli("run", "--method", "scm", "--dataset", "moons", "--smoke", "--set", "method.mode=scd",
+                             "--set", "method.sigma_d=2")  # fmt: skip
+    assert code == 2 and "sCD keeps its teacher's unit noise" in err
 
 
 def test_tangent_vanishes_at_the_exact_consistency_function_along_the_teacher_ode():

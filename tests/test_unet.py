@@ -139,11 +139,12 @@ def test_tiny_wide_is_tiny_at_twice_the_width_and_other_pairs_are_refused():
     [
         ("tiny", (1, 8, 8), 715_201),
         ("tiny-wide", (1, 8, 8), 2_841_473),
+        ("compact", (1, 28, 28), 691_873),
         ("small", (1, 28, 28), 1_786_529),
         ("mnist", (1, 28, 28), 2_656_353),
         ("cifar10", (3, 32, 32), 62_859_139),
     ],
-    ids=["tiny-0.72M", "tiny-wide-2.84M", "small-1.79M", "mnist-2.66M", "cifar10-62.9M"],
+    ids=["tiny-0.72M", "tiny-wide-2.84M", "compact-0.69M", "small-1.79M", "mnist-2.66M", "cifar10-62.9M"],
 )
 def test_preset_parameter_counts(preset, shape, expected):
     net = build_unet(spec(*shape), preset, 1)
@@ -160,7 +161,7 @@ def test_build_net_picks_the_unet_and_rejects_unknown_presets():
     assert NetConfig().unet == "auto"
     assert isinstance(build_net(spec(1, 8, 8), NetConfig(), 1), UNet)
     assert build_net(spec(1, 8, 8), NetConfig(), 1).preset == PRESETS["tiny"]
-    assert build_net(spec(1, 28, 28), NetConfig(), 1).preset == PRESETS["small"]
+    assert build_net(spec(1, 28, 28), NetConfig(), 1).preset == PRESETS["compact"]  # the CPU preset above 16 px
     with pytest.raises(BenchError, match="unknown U-Net preset 'huge'"):
         build_unet(spec(1, 8, 8), "huge", 1)
 

@@ -32,8 +32,8 @@ from bench.eval.metrics.registry import preflight
 from bench.registry import DATASETS, METHODS, load_builtins
 from bench.run import engine
 
-# --smoke on image data: every U-Net left at "auto" becomes this preset (the 28 px "auto", "small", takes about
-# 4 s a step on 2 CPU cores: 150 smoke steps would be 10 minutes; the smoke run checks the pipeline, not quality)
+# --smoke on image data: every U-Net left at "auto" becomes this preset (the smoke run checks the pipeline, not
+# quality; steps/s of the presets at 28 px: results/bench/unet_presets_28px.json)
 SMOKE_UNET = "micro"
 
 # --smoke: a tiny budget that finishes any method on any synthetic data set in well under a minute.
@@ -41,6 +41,9 @@ SMOKE: dict[str, Any] = {
     "train": {"steps": 150, "batch_size": 256, "warmup_steps": 10, "ckpt_every": 0, "log_every": 50},
     "eval": {"n_gen": 400, "n_ref": 400, "repeats": 2, "nfe": [1, 4], "timing_repeats": 3, "timing_batch": 64},
 }
+# ... and on image data a smaller one on top (a conv net step at 28 px costs ~100x a 2-D MLP step on a CPU: the
+# point budget took 5 minutes on Fashion-MNIST); n_gen stays above the suite classifiers' feature dimension (128)
+SMOKE_IMAGE: dict[str, Any] = {"train": {"steps": 40, "batch_size": 64}, "eval": {"n_gen": 256, "nfe": [1, 2]}}
 
 
 def load_plugins(modules: list[str]) -> None:
@@ -90,6 +93,8 @@ def resolve_config(
             raw = deep_merge(raw, {"method": dict(getattr(METHODS.get(mname), "smoke", {}))})
         if dname:
             raw = deep_merge(raw, {"data": dict(getattr(DATASETS.get(dname), "smoke", {}))})
+        if dname and _is_image(dname):
+            raw = deep_merge(raw, SMOKE_IMAGE)
         if mname and dname and _is_image(dname):
             raw = deep_merge(raw, {"method": _smoke_unets(METHODS.get(mname).Config, raw.get("method") or {})})
     raw = deep_merge(raw, parse_sets(sets or []))

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from bench.errors import BenchError
@@ -51,6 +52,7 @@ KID_SUBSETS = 100  # torch-fidelity defaults (kid_subsets, kid_subset_size, poly
 KID_SUBSET_SIZE = 1000
 KID_SEED = 2020
 PR_NEIGHBORHOOD = 3
+PR_REF_SEED = 0  # which reference rows precision/recall use when the reference is larger than n_gen
 REFERENCE_SPLIT = "train"
 LITERATURE_N_GEN = 50_000
 LITERATURE_RESIZE_MODE = "tf1-bilinear-299"
@@ -148,6 +150,16 @@ def kid_from_features(
         gen.double(), ref.double(), kid_subsets=subsets, kid_subset_size=m, rng_seed=seed, verbose=False
     )
     return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD], m
+
+
+def pr_reference(ref: Tensor, n_gen: int) -> Tensor:
+    """The reference rows precision/recall use: all of them when there are at most ``n_gen``, else a seeded subset
+    of ``n_gen`` (improved precision/recall compares sets of equal size: k-NN radii shrink with the set's size,
+    and the reference's own k-NN over a whole 60,000-image split costs minutes on a CPU)."""
+    if len(ref) <= n_gen:
+        return ref
+    idx = torch.randperm(len(ref), generator=torch.Generator().manual_seed(PR_REF_SEED))[:n_gen]
+    return ref[idx.sort().values]
 
 
 def precision_recall_from_features(gen: Tensor, ref: Tensor, k: int = PR_NEIGHBORHOOD) -> tuple[float, float]:
@@ -381,11 +393,12 @@ def _register_family(fam: Family) -> None:
         def _pr(gen, ctx: MetricContext, which=which) -> tuple[float, dict]:
             sets = _feature_sets(fam, gen, ctx, True)
             key = ("prc", sets.ex.name, sets.ex.weights_sha256)
+            ref = pr_reference(sets.ref.feats, len(sets.gen.feats))
             if key not in ctx.shared:
-                ctx.shared[key] = precision_recall_from_features(sets.gen.feats, sets.ref.feats)
+                ctx.shared[key] = precision_recall_from_features(sets.gen.feats, ref)
             p, r = ctx.shared[key]
             proto = _protocol(fam, sets, ctx, f"improved {which}, k-NN manifolds (torch-fidelity)")
-            proto.update(prc_neighborhood=PR_NEIGHBORHOOD)
+            proto.update(prc_neighborhood=PR_NEIGHBORHOOD, prc_n_ref=len(ref), prc_ref_seed=PR_REF_SEED)
             if fam.protocol == "literature":
                 proto["comparable_to"] += PR_SCOPE_NOTE
             return (p if which == "precision" else r), proto
