@@ -88,3 +88,34 @@ def test_imports_point_down_the_layers_and_close_no_cycle():
     assert not up, "imports going up a layer: " + "; ".join(up)
     _assert_no_cycle(graph)
     assert {layer(m) for m in mods} == set(range(len(LAYERS)))  # every layer holds something
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_private_name_is_used_across_modules():
+    """``from m import _x`` and ``m._x`` (``m`` an imported package module) stay inside their own module: what
+    another module needs is public, so a refactor of one file cannot silently break another."""
+    mods = _modules()
+    bad = []
+    for name, path in sorted(mods.items()):
+        tree = ast.parse(path.read_text())
+        aliases = {}  # local name -> package module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for a in node.names:
+                    if node.module in mods and _private(a.name) and node.module != name:
+                        bad.append(f"{name}: from {node.module} import {a.name}")
+                    if f"{node.module}.{a.name}" in mods:
+                        aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in mods and a.asname:
+                        aliases[a.asname] = a.name
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and _private(node.attr):
+                target = aliases.get(node.value.id)
+                if target and target != name:
+                    bad.append(f"{name}: {node.value.id}.{node.attr} ({target})")
+    assert not bad, "private names used across modules: " + "; ".join(bad)

@@ -50,7 +50,7 @@ def _yaml_value(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def _override_sets(ov: Any) -> list[str]:
+def override_sets(ov: Any) -> list[str]:
     if isinstance(ov, dict):
         return [
             f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
@@ -73,7 +73,7 @@ def jobs(grid: Grid, out: Path, runs_dir: Path, plugins: list[str] = ()) -> list
         argv += ["--out", str(out), "--runs-dir", str(runs_dir)]
         argv += [a for p in plugins for a in ("--plugin", p)]
         argv += ["--smoke"] if grid.smoke else []
-        argv += [a for kv in [*grid.sets, *_override_sets(ov)] for a in ("--set", kv)]
+        argv += [a for kv in [*grid.sets, *override_sets(ov)] for a in ("--set", kv)]
         out_jobs.append(argv)
     return out_jobs
 

@@ -1,0 +1,5 @@
+"""``python -m bench.cli`` (what torchrun and the sweep launch)."""
+
+from bench.cli import main
+
+main()
