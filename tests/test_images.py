@@ -341,8 +341,9 @@ def test_eval_grid_uses_the_fixed_seed_range(tmp_path):
 
 
 def test_smoke_on_image_data_uses_the_micro_unet_unless_set():
-    """--smoke on 28 px data: every U-Net left at "auto" (28 px: "small", ~4 s a step on 2 cores) becomes
-    "micro"; a preset the user names is kept, and points data are untouched."""
+    """--smoke on 28 px data: every U-Net left at "auto" (28 px: "compact", 1.7 s a step on one core) becomes
+    "micro" and a flow is sampled with Euler only (an adaptive solve of an untrained image flow took 6 minutes); a
+    preset the user names is kept, and points data are untouched."""
     from bench.run.runner import SMOKE_UNET, resolve_config
 
     assert resolve_config("flow", "fashion-mnist", None, [], None, True).method.net.unet == SMOKE_UNET
@@ -352,6 +353,8 @@ def test_smoke_on_image_data_uses_the_micro_unet_unless_set():
     assert named.method.net.unet == "tiny"
     assert resolve_config("flow", "fashion-mnist", None, [], None, False).method.net.unet == "auto"
     assert resolve_config("flow", "moons", None, [], None, True).method.net.unet == "auto"
+    assert resolve_config("flow", "fashion-mnist", None, [], None, True).eval.solvers == ["euler"]
+    assert resolve_config("flow", "moons", None, [], None, True).eval.solvers == []  # the method's defaults
 
 
 def test_image_data_without_any_metric_is_refused_before_training(monkeypatch):
