@@ -41,6 +41,10 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto")]
 OutOpt = Annotated[Path, typer.Option("--out", help="results folder (records + leaderboard)")]
 RunsOpt = Annotated[Path, typer.Option("--runs-dir", help="folder for run artefacts (checkpoints, logs, samples)")]
 RunDirOpt = Annotated[Path, typer.Option("--run", "--run-dir", help="run folder runs/<id> (--run-dir under torchrun)")]
+RunIdOpt = Annotated[str | None, typer.Option("--run-id", help="run folder name (default: a fresh dated id)")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", metavar="", help="flag: continue --run-id from its last checkpoint")
+]
 PluginOpt = Annotated[list[str] | None, typer.Option("--plugin", help="import this module first (registers methods)")]
 ThreadsOpt = Annotated[
     int | None,

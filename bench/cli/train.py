@@ -18,6 +18,8 @@ from bench.cli.common import (
     MethodOpt,
     OutOpt,
     PluginOpt,
+    ResumeOpt,
+    RunIdOpt,
     RunsOpt,
     SeedOpt,
     SetOpt,
@@ -59,10 +61,8 @@ def run(
             "--dry-run", metavar="", help="flag: resolve and check everything, print the config; train nothing"
         ),
     ] = False,
-    run_id: Annotated[str | None, typer.Option("--run-id", help="run folder name (default: a fresh dated id)")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", metavar="", help="flag: continue --run-id from its last checkpoint")
-    ] = False,
+    run_id: RunIdOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train -> sample -> evaluate -> write a run record -> re-render the leaderboard."""
     check_dir(out_dir, "--out")
@@ -167,10 +167,8 @@ def train(
     smoke: SmokeOpt = False,
     device: DeviceOpt = "auto",
     runs_dir: RunsOpt = Path("runs"),
-    run_id: Annotated[str | None, typer.Option("--run-id")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", metavar="", help="flag: continue --run-id from its last checkpoint")
-    ] = False,
+    run_id: RunIdOpt = None,
+    resume: ResumeOpt = False,
     plugin: PluginOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
