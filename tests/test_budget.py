@@ -4,19 +4,42 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from bench.studies.budget import budget_table, plan
 
+GRID = Path(__file__).resolve().parents[1] / "results" / "benchmark.yaml"
 
-def test_plan_scales_every_step_count_and_the_teachers():
-    tsets, jobs = plan("points", 0.5)
-    assert tsets == ["train.steps=2000"]
+
+def test_plan_scales_every_step_count_of_the_benchmark_recipes_and_the_teachers():
+    from bench.studies.budget import grid_recipes
+
+    tsets, jobs = plan("points", 0.5, grid=grid_recipes(GRID, "checkerboard"))
+    assert tsets == ["train.steps=2000"]  # the flow job: the teacher the students share
     by = {j.key: j for j in jobs}
-    assert set(by) == {"chargen", "consistency-cd", "reflow", "shortcut", "consistency-ct", "meanflow"}
-    assert "method.fit_steps=1500" in by["chargen"].sets and by["chargen"].teacher
+    assert {"chargen", "cd", "ct", "reflow", "shortcut", "meanflow", "sct", "scd", "imeanflow"} <= set(by)
+    assert "flow" not in by
+    assert "method.fit_steps=1500" in by["chargen"].sets and by["chargen"].teacher  # its default 3,000
+    assert not any(s.startswith("train.steps=") for s in by["chargen"].sets)  # a student's is its teacher's
     assert {"method.reflow_steps=1500", "method.distill_steps=1500"} <= set(by["reflow"].sets)
     assert "train.steps=3500" in by["shortcut"].sets and not by["shortcut"].teacher
-    assert "method.mode=ct" in by["consistency-ct"].sets and "method.fit_steps=3500" in by["consistency-ct"].sets
+    assert "train.steps=7000" not in by["shortcut"].sets  # the job's own value is replaced, not repeated
+    assert "method.mode=ct" in by["ct"].sets
+    assert {"method.fit_steps=3500", "method.tangent_warmup=500"} <= set(by["sct"].sets)
+    assert {"method.adaptive_p=0.5", "method.time_sampler=uniform"} <= set(by["meanflow"].sets)  # recipe kept
+    x1 = {j.key: j for j in plan("points", 1.0, grid=grid_recipes(GRID, "checkerboard"))[1]}
+    assert "train.steps=7000" in x1["shortcut"].sets
+
+
+def test_points_without_a_benchmark_file_is_one_clear_error():
+    import pytest
+
+    from bench.errors import BenchError
+    from bench.studies.budget import grid_recipes
+
+    with pytest.raises(BenchError, match="--grid"):
+        plan("points", 0.5)
+    assert grid_recipes(GRID, "no-such-set") is None
 
 
 def test_image_reflow_solves_as_many_teacher_steps_as_chargen():
@@ -53,7 +76,7 @@ def test_table_ranks_means_within_each_budget():
 
 def test_budget_study_smoke_runs_reuses_and_writes_figure(bench_cli):
     args = ["study", "budget", "--dataset", "moons", "--scales", "0.5,1", "--seeds", "0", "--smoke"]
-    args += ["--methods", "chargen,shortcut", "--device", "cpu"]
+    args += ["--methods", "chargen,shortcut", "--device", "cpu", "--grid", str(GRID)]
     code, stdout, err = bench_cli(*args)
     assert code == 0, err
     res = json.loads((bench_cli.results / "study" / "budget-moons.json").read_text())
@@ -77,17 +100,23 @@ def test_budget_study_smoke_runs_reuses_and_writes_figure(bench_cli):
     runs = bench_cli.results / "study" / "budget" / "moons" / "runs"
     steps = {json.loads(p.read_text())["config"]["method"]["fit_steps"]: p for p in runs.glob("**/chargen-*.json")}
     steps[min(steps)].unlink()  # chargen x0.5 has no record now: its teacher is trained again for it
-    code, _, err = bench_cli(*args[:4], "--scales", "0.5", "--seeds", "0", "--smoke", "--methods", "chargen")
+    code, _, err = bench_cli(
+        *args[:4], "--scales", "0.5", "--seeds", "0", "--smoke", "--methods", "chargen", *args[-2:]
+    )
     assert code == 0, err
     assert len(list(runs.glob("**/*.json"))) == n_records and len(list(bench_cli.runs.glob("budget-*/ckpt.pt"))) == 1
-    code, _, err = bench_cli(*args[:4], "--scales", "0.5", "--seeds", "0", "--smoke", "--methods", "shortcut")
+    code, _, err = bench_cli(
+        *args[:4], "--scales", "0.5", "--seeds", "0", "--smoke", "--methods", "shortcut", *args[-2:]
+    )
     assert code == 0, err  # a later subset keeps the other jobs' points and recipes at the same scale
     again = json.loads((bench_cli.results / "study" / "budget-moons.json").read_text())
     assert set(again["recipes"]["x0.5"]) == {"teacher", "chargen", "shortcut"}
     timeless = [[{k: v for k, v in r.items() if k != "train_s"} for r in t["table"]] for t in (again, res)]
     assert timeless[0] == timeless[1]  # chargen trained again from a retrained teacher: same W2, same passes
-    code, _, err = bench_cli("study", "budget", "--dataset", "moons", "--methods", "nope", "--smoke")
+    code, _, err = bench_cli("study", "budget", "--dataset", "moons", "--methods", "nope", "--smoke", *args[-2:])
     assert code == 2 and "unknown method" in err
+    code, _, err = bench_cli("study", "budget", "--dataset", "moons", "--smoke")  # the results hold grid points
+    assert code == 2 and "other recipes" in err and "Traceback" not in err
 
 
 def test_equal_cost_interpolates_log_log_and_never_extrapolates():
@@ -99,3 +128,39 @@ def test_equal_cost_interpolates_log_log_and_never_extrapolates():
     assert [e["passes"] for e in eq] == [2.0, 8.0]
     assert abs(eq[0]["values"]["b"] - 0.5) < 1e-12 and eq[0]["ranks"] == {"chargen": 1, "b": 2}
     assert eq[1]["values"]["b"] is None and eq[1]["ranks"] == {"chargen": 1}  # 8 is beyond b's budgets
+
+
+def test_main_table_gets_quality_at_chargens_passes_from_a_grid_budget_study(tmp_path):
+    from bench.output.leaderboard import attach_equal_cost, render_markdown
+
+    pts = [("chargen", "chargen[k]", 0.5, 4.0, 0.4), ("chargen", "chargen[k]", 1, 8.0, 0.3)]
+    pts += [("sct", "scm[sct]", 0.5, 2.0, 1.0), ("sct", "scm[sct]", 1, 16.0, 0.125)]  # q = 2 / p
+    pts += [("tvm", "tvm", 0.5, 10.0, 0.5), ("tvm", "tvm", 1, 20.0, 0.4)]  # starts above chargen's cost
+    points = [
+        {"method": m, "label": lab, "scale": f, "seed": 0, "passes": p, "value": q, "metric": "w2", "train_s": 1.0}
+        for m, lab, f, p, q in pts
+    ]
+    study = {"recipe_source": "results/benchmark.yaml", "seeds": [0], "scales": [0.5, 1], "points": points}
+    study["table"] = budget_table(points)
+    (tmp_path / "budget-moons.json").write_text(json.dumps(study))
+    row = {"solver": "onestep", "nfe": 1, "nfe_sort": 1, "values": {"w2": [0.3]}, "per_sample_s": None}
+    row |= {"ratio": None, "loaded": False, "train_s": None, "train_teacher_added": False, "train_passes": None}
+    row |= {"seeds": 1, "copies_dropped": 0, "device": "cpu", "config": "c"}
+    rows = [{**row, "method": m} for m in ("chargen[k]", "scm[sct]", "tvm", "flow")]
+    rows.append({**row, "method": "scm[sct]", "nfe": 2, "nfe_sort": 2})
+    table = {"title": "moons", "kind": "main", "key": ("moons", "{}", None), "metrics": ["w2"], "main": ["w2"]}
+    table |= {"rows": rows, "floor": {}, "floor_what": [], "proto": {"w2": {}}, "ambiguous": []}
+    table |= {"dropped_runs": [], "diverged": []}
+    attach_equal_cost([table], tmp_path)
+    got = {(r["method"], r["nfe_sort"]): r.get("equal_cost", "absent") for r in rows}
+    assert abs(got[("scm[sct]", 1)] - 0.25) < 1e-12 and abs(got[("chargen[k]", 1)] - 0.3) < 1e-12
+    assert got[("tvm", 1)] is None and got[("flow", 1)] == "absent" and got[("scm[sct]", 2)] == "absent"
+    md = render_markdown([table])
+    assert "w2 at chargen's passes" in md and "| 0.25 |" in md and "| n/a |" in md and "8.0e-06" not in md
+    study["recipe_source"] = "built-in (bench/studies/budget.py RECIPES)"  # other recipes: no column
+    (tmp_path / "budget-moons.json").write_text(json.dumps(study))
+    for r in rows:
+        r.pop("equal_cost", None)
+    table.pop("equal_cost")
+    attach_equal_cost([table], tmp_path)
+    assert "equal_cost" not in table and "chargen's passes" not in render_markdown([table])

@@ -38,6 +38,10 @@ def study(
     reuse: Annotated[
         list[Path] | None, typer.Option(help="budget: results folder whose matching runs are reused")
     ] = None,
+    grid: Annotated[
+        Path | None,
+        typer.Option(help="budget: take the recipes from this benchmark file's jobs (e.g. results/benchmark.yaml)"),
+    ] = None,
     smoke: SmokeOpt = False,
     set_: SetOpt = None,
     device: DeviceOpt = "auto",
@@ -61,8 +65,10 @@ def study(
     if name == "budget":
         if set_ or values:
             raise BenchError(
-                "study budget takes no --set/--values: its recipes are fixed (see bench/studies/budget.py)"
+                "study budget takes no --set/--values: its recipes are fixed (bench/studies/budget.py or --grid)"
             )
+        if grid is not None and not grid.is_file():
+            raise BenchError(f"--grid {grid}: no such benchmark file")
         from bench.studies.budget import render_budget, run_budget
 
         try:
@@ -71,7 +77,7 @@ def study(
             raise BenchError(f"--scales must be comma-separated numbers (got {scales!r})") from None
         meths = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
         with progress() as p:
-            r = run_budget(dataset, scale_list, seed_list, out_dir, runs_dir, dev, meths, reuse or [], smoke, p)
+            r = run_budget(dataset, scale_list, seed_list, out_dir, runs_dir, dev, meths, reuse or [], smoke, p, grid)
         out.print(render_budget(r))
         return
     if name != "all" and name not in STUDIES:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from bench.core.checkpoint import atomic_write_text
 from bench.core.records import LOCK_TIMEOUT_S, results_lock, scan_records, timing_load, timing_loaded
-from bench.core.stats import mean_std
+from bench.core.stats import equal_cost, mean_std
 from bench.output.published import render_published
 from bench.output.targets import LOADED_MARK, render_targets
 
@@ -327,6 +327,12 @@ def _md_row(cells: list[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
+def _fmt_eq(v: float | None, in_study: bool) -> str:
+    if v is not None:
+        return f"{v:.3g}"
+    return "n/a" if in_study else "-"
+
+
 def render_markdown(tables: list[dict], skipped: list[tuple[str, str]] = ()) -> str:
     """The compact leaderboard; ``skipped`` = (record file relative to the results folder, reason)."""
     lines = [
@@ -362,11 +368,14 @@ def render_markdown(tables: list[dict], skipped: list[tuple[str, str]] = ()) -> 
             lines.append("- other metrics in `leaderboard.csv`: " + ", ".join(f"`{m}`" for m in others))
         lines.append("")
         passes = any(r["train_passes"] is not None for r in t["rows"])
-        head = ["method", "solver", "NFE", *t["main"], "time/sample", "× fwd", "train"]
+        eq = t.get("equal_cost")
+        head = ["method", "solver", "NFE", *t["main"]] + ([f"{eq['metric']} at chargen's passes"] if eq else [])
+        head += ["time/sample", "× fwd", "train"]
         head += ["train passes"] * passes + ["seeds", "device"]
         lines += [_md_row(head), "|" + "---|" * len(head)]
         if any(t["floor"].get(m) for m in t["main"]):
             cells = ["*reference floor*", "-", "-", *[fmt_val(t["floor"].get(m, [])) for m in t["main"]]]
+            cells += ["-"] * bool(eq)
             lines.append(_md_row(cells + ["-"] * (len(head) - len(cells))))
         for r in t["rows"]:
             method = r["method"] + (f" `{r['config']}`" if r["method"] in t["ambiguous"] else "")
@@ -375,6 +384,7 @@ def render_markdown(tables: list[dict], skipped: list[tuple[str, str]] = ()) -> 
                 r["solver"],
                 fmt_nfe(r["nfe"]),
                 *[fmt_val(r["values"][m]) for m in t["main"]],
+                *([_fmt_eq(r.get("equal_cost"), "equal_cost" in r)] if eq else []),
                 fmt_time(r["per_sample_s"]) + (f" {LOADED_MARK}" if r["loaded"] else ""),
                 f"{r['ratio']:.1f}" if r["ratio"] is not None else "-",
                 fmt_wall(r["train_s"]) + (f" {TEACHER_MARK}" if r["train_teacher_added"] else ""),
@@ -384,6 +394,14 @@ def render_markdown(tables: list[dict], skipped: list[tuple[str, str]] = ()) -> 
             ]
             lines.append(_md_row(cells))
         notes = []
+        if eq:
+            notes.append(
+                f"{eq['metric']} at chargen's passes: each method's NFE-1 {eq['metric']} at the training passes "
+                f"chargen's benchmark recipe spends ({eq['passes'] / 1e6:.1f} M), interpolated log-log between "
+                f"that method's budgets in the budget study (`{eq['file']}`, seeds {eq['seeds']}, budgets "
+                f"x{eq['scales']} of these recipes); `n/a`: chargen's cost is outside the method's measured "
+                "budgets (never extrapolated)."
+            )
         if t["floor_what"]:
             notes.append("*reference floor*: " + "; ".join(t["floor_what"]) + ".")
         if any(r["loaded"] for r in t["rows"]):
@@ -522,6 +540,7 @@ def render_all(results_dir: Path, timeout: float = LOCK_TIMEOUT_S) -> Rendered:
     with results_lock(results_dir, timeout):
         records, skipped = scan_records(results_dir)
         tables = split_tables(records, benchmark_run_ids(results_dir))
+        attach_equal_cost(tables, results_dir / "study")
         md, csv_path = results_dir / "LEADERBOARD.md", results_dir / "leaderboard.csv"
         atomic_write_text(md, render_markdown(tables, [(_relative(p, results_dir), why) for p, why in skipped]))
         atomic_write_text(csv_path, render_csv(tables))
@@ -549,6 +568,41 @@ def split_tables(records: list[dict], bench_ids: set[str] | None) -> list[dict]:
     main = build_tables([r for r in records if r["run_id"] in bench_ids], main=True)
     more = build_tables([r for r in records if r["run_id"] not in bench_ids])
     return main + more
+
+
+def attach_equal_cost(tables: list[dict], study_dir: Path, reference: str = "chargen") -> None:
+    """Give each main table's NFE-1 rows their quality at ``reference``'s training passes, from the data set's
+    budget study (``study/budget-D.json``) when its recipes are the benchmark file's (its x1 budget is then the
+    main table's recipe): ``row["equal_cost"]``, and ``table["equal_cost"]`` = where the numbers come from."""
+    for t in tables:
+        path = Path(study_dir) / f"budget-{t['key'][0]}.json"
+        if t.get("kind") != "main" or not path.is_file():
+            continue
+        try:
+            study = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not str(study.get("recipe_source", "")).endswith(".yaml"):
+            continue  # built-in recipes: not the rows of this table
+        ref = [x for x in study.get("table", []) if x["method"] == reference and x["scale"] == 1]
+        at = next((e for e in equal_cost(study["table"], reference) if ref and e["passes"] == ref[0]["passes"]), None)
+        if at is None:
+            continue
+        labels = {p["label"]: p["method"] for p in study["points"] if p["scale"] == 1}
+        hit = False
+        for r in t["rows"]:
+            key = labels.get(r["method"])
+            if r["nfe_sort"] == 1 and key is not None and key in at["values"]:
+                r["equal_cost"] = at["values"][key]
+                hit = True
+        if hit:
+            t["equal_cost"] = {
+                "metric": ref[0]["metric"],
+                "passes": at["passes"],
+                "seeds": study.get("seeds"),
+                "scales": study.get("scales"),
+                "file": f"study/{path.name}",
+            }
 
 
 def render(results_dir: Path) -> tuple[Path, list[dict]]:

@@ -24,7 +24,7 @@ import torch
 
 from bench.core.checkpoint import atomic_write_json, atomic_write_text
 from bench.core.config import resolved_config
-from bench.core.stats import mean_std
+from bench.core.stats import equal_cost, mean_std
 from bench.errors import BenchError
 
 
@@ -38,19 +38,7 @@ class Job:
 
 # (dotted key, base value): scaled by f; plain strings are fixed overrides
 Scaled = tuple[str, int]
-RECIPES: dict[str, dict[str, Any]] = {
-    "points": {
-        "teacher": [("train.steps", 4000)],
-        "common": ["eval.timing=false"],
-        "jobs": [
-            ("chargen", "chargen", True, [("method.fit_steps", 3000)]),
-            ("consistency-cd", "consistency", True, [("method.fit_steps", 3000)]),
-            ("reflow", "reflow", True, [("method.reflow_steps", 3000), ("method.distill_steps", 3000), "eval.nfe=[1]"]),
-            ("shortcut", "shortcut", False, [("train.steps", 7000)]),
-            ("consistency-ct", "consistency", False, ["method.mode=ct", ("method.fit_steps", 7000)]),
-            ("meanflow", "meanflow", False, [("train.steps", 7000), "method.adaptive_p=0.5"]),
-        ],
-    },
+RECIPES: dict[str, dict[str, Any]] = {  # points: the benchmark file's jobs (--grid), see grid_recipes
     "image": {  # digits-sized: the teacher of the digits rows (3,000 steps at batch 128) and chargen's recipe
         "teacher": [("train.steps", 3000), "train.batch_size=128"],
         "common": ["eval.timing=false", "eval.n_gen=2048", "eval.repeats=3", "train.batch_size=128"],
@@ -96,9 +84,68 @@ def _scaled(items: list, f: float) -> list[str]:
 SMOKE_FACTOR = 0.02  # --smoke: base step counts x 0.02 (4,000 teacher steps -> 80) on top of the smoke budgets
 
 
-def plan(kind: str, scale: float, methods: list[str] | None = None) -> tuple[list[str], list[Job]]:
-    """(teacher --set overrides, jobs) of one budget scale for a data kind ("points" or "image")."""
-    r = RECIPES[kind]
+# step counts a budget scales when a benchmark job's resolved config has them (train.steps only for jobs that
+# train from scratch: a student's train.steps would be its teacher's, which the teacher job scales)
+SCALED_KEYS = (
+    "train.steps",
+    "method.fit_steps",
+    "method.reflow_steps",
+    "method.distill_steps",
+    "method.tangent_warmup",
+)
+GRID_COMMON = ["eval.timing=false"]
+BUILTIN_SOURCE = "built-in (bench/studies/budget.py RECIPES)"
+
+
+def _config_value(cfg: dict, dotted: str) -> Any:
+    for k in dotted.split("."):
+        if not isinstance(cfg, dict) or k not in cfg:
+            return None
+        cfg = cfg[k]
+    return cfg
+
+
+def grid_recipes(grid: str | Path, dataset: str) -> tuple[list, list[tuple[str, str, bool, list]]] | None:
+    """The benchmark file's recipes for ``dataset`` in :func:`plan`'s form (teacher items, job tuples), or None
+    when no suite of the file holds the data set. Each job's sets are taken as they are; the step counts of
+    SCALED_KEYS its resolved config has (defaults included) become scaled items, so every budget is the benchmark
+    recipe with its step counts, its teacher's included, times the factor (x1 = the benchmark's own runs)."""
+    from bench.core.config import run_config_dict
+    from bench.run.benchmark import plan as bench_plan
+    from bench.run.runner import resolve_config
+
+    planned = [p for p in bench_plan(grid) if p.dataset == dataset]
+    if not planned:
+        return None
+    seed = min(p.seed for p in planned)
+    planned = [p for p in planned if p.seed == seed]  # a recipe is per job; the seed is the study's
+    teachers = {p.after for p in planned if p.after}
+
+    def items(p: Any, student: bool) -> list:
+        sets = [s for s in p.sets if not s.startswith("method.teacher.run=")]
+        cfg = run_config_dict(resolve_config(p.method, dataset, sets=sets, seed=seed))
+        keys = [k for k in SCALED_KEYS if not (student and k == "train.steps")]
+        scaled = [(k, v) for k in keys if isinstance(v := _config_value(cfg, k), int) and v > 0]
+        return [s for s in sets if s.split("=", 1)[0] not in dict(scaled)] + scaled
+
+    teacher = [p for p in planned if p.run_id in teachers]
+    if len(teacher) > 1:
+        raise BenchError(f"study budget: {grid} has several teacher jobs for {dataset}; the study shares one")
+    titems = items(teacher[0], False) if teacher else []
+    jobs = [(p.job, p.method, bool(p.after), items(p, bool(p.after))) for p in planned if p.run_id not in teachers]
+    return titems, jobs
+
+
+def plan(
+    kind: str, scale: float, methods: list[str] | None = None, grid: tuple[list, list] | None = None
+) -> tuple[list[str], list[Job]]:
+    """(teacher --set overrides, jobs) of one budget scale for a data kind ("points" or "image"), from the
+    built-in recipes or ``grid`` (:func:`grid_recipes` of the benchmark file)."""
+    if grid is None and kind not in RECIPES:
+        raise BenchError(
+            f"study budget on {kind} takes its recipes from the benchmark file: add --grid results/benchmark.yaml"
+        )
+    r = {"teacher": grid[0], "common": GRID_COMMON, "jobs": grid[1]} if grid else RECIPES[kind]
     jobs = [Job(k, m, tuple(r["common"] + _scaled(items, scale)), t) for k, m, t, items in r["jobs"]]
     if methods:
         unknown = sorted(set(methods) - {j.key for j in jobs})
@@ -189,8 +236,10 @@ def run_budget(
     reuse: list[Path] = (),
     smoke: bool = False,
     progress: Any = None,
+    grid: Path | None = None,
 ) -> dict:
-    """Train and evaluate (or reuse) every job; write results/study/budget-DATA.{json,md} and the figure."""
+    """Train and evaluate (or reuse) every job; write results/study/budget-DATA.{json,md} and the figure.
+    ``grid``: a benchmark file whose jobs for ``dataset`` are the recipes (else the built-in RECIPES)."""
     from bench.core.config import run_config_dict
     from bench.core.records import scan_records
     from bench.run.runner import evaluate_and_record, resolve_config, train_run
@@ -198,6 +247,9 @@ def run_budget(
     if not scales or any(f <= 0 for f in scales) or not seeds:
         raise BenchError(f"study budget: need scales > 0 and at least one seed (got {scales}, {seeds})")
     kind = data_kind(dataset)
+    recipes_of = grid_recipes(grid, dataset) if grid is not None else None
+    if grid is not None and recipes_of is None:
+        raise BenchError(f"study budget: no suite of {grid} has the data set {dataset!r}")
     study_dir = Path(out_dir) / "study" / "budget" / dataset
     pool = [r for d in [study_dir, *map(Path, reuse)] for r in scan_records(d)[0]]
     old = Path(out_dir) / "study" / f"budget-{dataset}.json"
@@ -205,10 +257,16 @@ def run_budget(
         prev = json.loads(old.read_text()) if old.is_file() else {}
     except (OSError, ValueError):
         prev = {}
+    source = str(grid) if grid is not None else BUILTIN_SOURCE
+    if prev.get("points") and prev.get("recipe_source", BUILTIN_SOURCE) != source:
+        raise BenchError(
+            f"study budget: {old} holds points of other recipes ({prev.get('recipe_source', BUILTIN_SOURCE)}), "
+            f"not {source}; move it (e.g. to results/archive/study/) or run with those recipes"
+        )
     teachers = dict(prev.get("teachers", {}))  # x<f>-s<seed> -> the teacher's sets, passes, folder
     points, recipes = [], {}
     for f in scales:
-        tsets, jobs = plan(kind, f * (SMOKE_FACTOR if smoke else 1.0), methods)
+        tsets, jobs = plan(kind, f * (SMOKE_FACTOR if smoke else 1.0), methods, recipes_of)
         recipes[f"x{f:g}"] = {"teacher": tsets, **{j.key: [j.method, *j.sets] for j in jobs}}
         for seed in seeds:
             tkey, teacher_dir, teacher_passes = f"x{f:g}-s{seed}", None, None
@@ -250,6 +308,7 @@ def run_budget(
         "scales": scales,
         "seeds": seeds,
         "recipes": recipes,
+        "recipe_source": source,
         "teachers": dict(sorted(teachers.items())),
         "points": points,
         "table": budget_table(points),
@@ -312,38 +371,14 @@ def budget_table(points: list[dict]) -> list[dict]:
     return out
 
 
-def equal_cost(table: list[dict], reference: str = "chargen") -> list[dict]:
-    """Each method's quality at the passes ``reference`` spent at each of its budgets: log-log interpolation
-    between the method's two measured budgets around that cost (None outside its measured range), and ranks."""
-    import math
-
-    methods = list(dict.fromkeys(t["method"] for t in table))
-    if reference not in methods:
-        reference = methods[0] if methods else reference
-    out = []
-    for target in sorted(t["passes"] for t in table if t["method"] == reference):
-        values: dict[str, float | None] = {}
-        for m in methods:
-            pts = sorted((t["passes"], t["mean"]) for t in table if t["method"] == m)
-            values[m] = None
-            for (p0, q0), (p1, q1) in zip(pts, pts[1:] or pts, strict=False):
-                if p0 <= target <= p1:
-                    w = 0.0 if p1 == p0 else (math.log(target) - math.log(p0)) / (math.log(p1) - math.log(p0))
-                    values[m] = math.exp((1 - w) * math.log(q0) + w * math.log(q1))
-                    break
-        order = sorted((v, m) for m, v in values.items() if v is not None)
-        ranks = {m: i for i, (_, m) in enumerate(order, 1)}
-        out.append({"reference": reference, "passes": target, "values": values, "ranks": ranks})
-    return out
-
-
 def render_budget(r: dict) -> str:
     metric = r["table"][0]["metric"] if r["table"] else "-"
     lines = [
         f"# Study `budget` on `{r['dataset']}`: one-step quality against total training cost",
         "",
-        "Each method's base recipe (README) with every step count, its teacher's included, scaled by the budget",
-        f"factor; teacher-based methods share one teacher per (scale, seed). Seeds {r['seeds']}. Quality: {metric}",
+        f"Each method's base recipe ({r.get('recipe_source', BUILTIN_SOURCE)}) with every step count, its teacher's",
+        "included, scaled by the budget factor; teacher-based methods share one teacher per (scale, seed).",
+        f"Seeds {r['seeds']}. Quality: {metric}",
         "at NFE 1 (mean over evaluation repeats, then mean ± std over training seeds); cost: network passes",
         "during training (forward 1, backward 2, per sample; teacher included) and wall-clock (not comparable",
         "across runs made under different loads).",
@@ -384,9 +419,10 @@ def render_budget(r: dict) -> str:
     for f in r["scales"]:
         groups.setdefault(tuple(sorted({p["seed"] for p in r["points"] if p["scale"] == f})), []).append(f)
     for seeds, fs in groups.items():
+        src = r.get("recipe_source", BUILTIN_SOURCE)
         lines.append(
             f"    bench study budget --dataset {r['dataset']} --scales {','.join(f'{f:g}' for f in fs)} "
-            f"--seeds {','.join(map(str, seeds))}"
+            f"--seeds {','.join(map(str, seeds))}" + ("" if src == BUILTIN_SOURCE else f" --grid {src}")
         )
     lines.append("")
     return "\n".join(lines)
