@@ -485,3 +485,20 @@ def test_no_train_passes_column_without_costs_and_an_empty_board(tmp_path):
     write_record(tmp_path, _record("a", [_row(4)]))
     head = _md_table(render_all(tmp_path).md.read_text(), "moons")[0]
     assert "train passes" not in head and head[-2:] == ["seeds", "device"]
+
+
+def test_main_table_rows_are_sorted_by_their_methods_best_quality_at_nfe_1():
+    """A main table lists methods best-first at NFE 1 (each method's rows together, by solver and NFE), not by name."""
+    recs = [
+        _record("a", [_row(1, (0.9, 0.9), label="aaa", solver="onestep"), _row(4, (0.1,), label="aaa")]),
+        _record("b", [_row(1, (0.2, 0.2), label="bbb", solver="onestep"), _row(2, (0.15,), label="bbb")], seed=1),
+        _record("c", [_row(1, (0.5, 0.5), label="ccc", solver="onestep")], seed=2),
+    ]
+    (t,) = build_tables(recs, main=True)
+    assert [(r["method"], r["nfe_sort"]) for r in t["rows"]] == [
+        ("bbb", 1),
+        ("bbb", 2),
+        ("ccc", 1),
+        ("aaa", 1),
+        ("aaa", 4),
+    ]

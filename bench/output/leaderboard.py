@@ -223,8 +223,9 @@ def build_tables(records: list[dict], main: bool = False) -> list[dict]:
                 r["nfe_sort"],
             )
         )
-        if main:
-            rows.sort(key=lambda r: _nfe1_rank(rows, r, metrics))
+        if main:  # keys from a copy: list.sort empties the list it sorts while it runs
+            snapshot = list(rows)
+            rows.sort(key=lambda r: _nfe1_rank(snapshot, r, metrics))
         floors = [t["floors"][k] for k in sorted(t["floors"])]
         floor = {m: [v for f in floors for v in f.get(m, {}).get("values", [])] for m in metrics}
         floor_what = sorted({s.get("what", "") for f in floors for s in f.values()} - {""})
