@@ -10,6 +10,7 @@ doctor.py   doctor (--gpu: the GPU check)
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 import typer
@@ -49,8 +50,15 @@ def main() -> None:
         sys.exit(130)
     finally:  # leave the process group before exit: gloo threads alive at exit abort the process
         dist = sys.modules.get("bench.core.distributed")
+        in_group = dist is not None and dist.current().active
         if dist is not None:
             with contextlib.suppress(Exception):  # a peer already gone must not turn the exit into a traceback
                 dist.shutdown(sync=ok)
+        if in_group and ok:
+            # a torchrun rank that finished cleanly skips the interpreter's teardown: gloo's C++ objects being
+            # destroyed there still aborted a rank now and then (std::terminate) after a complete, written run
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code if isinstance(code, int) else 0)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
