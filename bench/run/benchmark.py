@@ -163,12 +163,13 @@ def argv(p: Planned, out: Path, runs_dir: Path, resume: bool, device: str = "aut
     return a + [x for kv in p.sets for x in ("--set", kv)]
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+def flat_config(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted key: value}."""
     if not isinstance(d, dict):
         return {prefix[:-1]: d}
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}."))
+        out.update(flat_config(v, f"{prefix}{k}."))
     return out
 
 
@@ -179,6 +180,6 @@ def stale_keys(p: Planned, record: dict) -> list[str]:
     from bench.core.config import resolved_config, run_config_dict
     from bench.run.runner import resolve_config
 
-    want = _flat(run_config_dict(resolve_config(p.method, p.dataset, None, list(p.sets), p.seed, p.smoke)))
-    have = _flat(resolved_config(record.get("config", {})))
+    want = flat_config(run_config_dict(resolve_config(p.method, p.dataset, None, list(p.sets), p.seed, p.smoke)))
+    have = flat_config(resolved_config(record.get("config", {})))
     return sorted(k for k in set(want) | set(have) if want.get(k, "<absent>") != have.get(k, "<absent>"))

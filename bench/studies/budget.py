@@ -97,20 +97,13 @@ GRID_COMMON = ["eval.timing=false"]
 BUILTIN_SOURCE = "built-in (bench/studies/budget.py RECIPES)"
 
 
-def _config_value(cfg: dict, dotted: str) -> Any:
-    for k in dotted.split("."):
-        if not isinstance(cfg, dict) or k not in cfg:
-            return None
-        cfg = cfg[k]
-    return cfg
-
-
 def grid_recipes(grid: str | Path, dataset: str) -> tuple[list, list[tuple[str, str, bool, list]]] | None:
     """The benchmark file's recipes for ``dataset`` in :func:`plan`'s form (teacher items, job tuples), or None
     when no suite of the file holds the data set. Each job's sets are taken as they are; the step counts of
     SCALED_KEYS its resolved config has (defaults included) become scaled items, so every budget is the benchmark
     recipe with its step counts, its teacher's included, times the factor (x1 = the benchmark's own runs)."""
     from bench.core.config import run_config_dict
+    from bench.run.benchmark import flat_config
     from bench.run.benchmark import plan as bench_plan
     from bench.run.runner import resolve_config
 
@@ -123,9 +116,9 @@ def grid_recipes(grid: str | Path, dataset: str) -> tuple[list, list[tuple[str, 
 
     def items(p: Any, student: bool) -> list:
         sets = [s for s in p.sets if not s.startswith("method.teacher.run=")]
-        cfg = run_config_dict(resolve_config(p.method, dataset, sets=sets, seed=seed))
+        cfg = flat_config(run_config_dict(resolve_config(p.method, dataset, sets=sets, seed=seed)))
         keys = [k for k in SCALED_KEYS if not (student and k == "train.steps")]
-        scaled = [(k, v) for k in keys if isinstance(v := _config_value(cfg, k), int) and v > 0]
+        scaled = [(k, v) for k in keys if isinstance(v := cfg.get(k), int) and v > 0]
         return [s for s in sets if s.split("=", 1)[0] not in dict(scaled)] + scaled
 
     teacher = [p for p in planned if p.run_id in teachers]
