@@ -205,7 +205,7 @@ def test_headline_table_from_benchmark_records(tmp_path):
     headline.write(readme, results)
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
-    assert "| chargen | 1 | - | - | - |" in text and "moons W2" in text
+    assert "| chargen | 1 | - | - |" in text and "moons W2 (seeds)" in text
 
 
 def test_students_of_per_seed_teachers_share_one_config_group():
@@ -240,3 +240,34 @@ def test_a_record_made_with_other_defaults_is_stale():
     config["train"]["grad_clip"] = 0.5  # as if the default had changed since the record was made
     del config["method"]["net"]["time_max_freq"]  # a key the record predates is filled with its legacy value
     assert stale_keys(job, {"config": config}) == ["method.net.time_max_freq", "train.grad_clip"]
+
+
+def test_headline_cells_count_the_seeds_of_their_own_data_set(tmp_path):
+    """A headline cell is the mean ± sample std of that data set's values and names how many training seeds it
+    has: a job with 2 seeds on moons and 1 on 8gaussians shows (2) and (1), not one union of seeds for the row."""
+    import statistics
+
+    import yaml
+    from test_records import _record, _row
+
+    from bench.core.records import write_record
+    from bench.output import headline
+    from bench.run.benchmark import plan
+
+    raw = {**TINY, "suites": {"points": {**TINY["suites"]["points"], "datasets": ["moons", "8gaussians"]}}}
+    raw["suites"]["points"]["seeds"] = [0, 1]
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "benchmark.yaml").write_text(yaml.safe_dump(raw))
+    values = {("moons", 0): (0.30, 0.32), ("moons", 1): (0.40, 0.42), ("8gaussians", 0): (0.20, 0.22)}
+    for p in plan(results / "benchmark.yaml"):
+        if p.job == "flow" and (p.dataset, p.seed) in values:
+            rec = _record(p.run_id, [_row(1, values[p.dataset, p.seed], solver="euler")], seed=p.seed,
+                          dataset=p.dataset)  # fmt: skip
+            write_record(results, rec)
+    text = headline.headline(results)
+    (row,) = [ln for ln in text.splitlines() if ln.startswith("| flow | 1 |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    moons = [0.30, 0.32, 0.40, 0.42]
+    assert cells[2] == f"{statistics.fmean(moons):.3f} ± {statistics.stdev(moons):.3f} (2)"
+    assert cells[4] == "0.210 ± 0.014 (1)"

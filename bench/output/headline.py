@@ -1,6 +1,7 @@
 """``python -m bench.output.headline``: the README's headline table from the benchmark's records: for each job of the
-``points`` suite, its NFE-1 W2 (mean ± std over seeds x repeats) and training passes per data set, the teacher's
-Euler NFE 128 and the reference floor on top. Written between ``<!-- headline -->`` markers of README.md."""
+``points`` suite, its NFE-1 W2 per data set (mean ± sample std over all seed x repeat values, the leaderboard's
+convention, and how many training seeds that data set has) and training passes, the teacher's Euler NFE 128 and the
+reference floor on top. Written between ``<!-- headline -->`` markers of README.md."""
 
 from __future__ import annotations
 
@@ -9,18 +10,19 @@ import sys
 from pathlib import Path
 
 from bench.core.records import scan_records
+from bench.core.stats import mean_std
 from bench.output.leaderboard import benchmark_run_ids, fmt_count, network_passes, split_tables
 from bench.run.benchmark import plan
 
 START, END = "<!-- headline -->", "<!-- /headline -->"
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], seeds: int | None = None) -> str:
     if not values:
         return "-"
-    return (
-        f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
-    )
+    m, s = mean_std(values)
+    text = f"{m:.3f} ± {s:.3f}" if len(values) > 1 else f"{m:.3f}"
+    return text if seeds is None else f"{text} ({seeds})"
 
 
 def headline(results: Path, suite: str = "points") -> str:
@@ -29,19 +31,19 @@ def headline(results: Path, suite: str = "points") -> str:
     records, _ = scan_records(results)
     by_id = {r["run_id"]: r for r in records}
     tables = {t["title"]: t for t in split_tables(records, benchmark_run_ids(results)) if t["kind"] == "main"}
-    head = "| method (benchmark job) | NFE | seeds | " + " | ".join(f"{d} W2 | passes" for d in datasets) + " |"
-    lines = [head, "|" + "---|" * (3 + 2 * len(datasets))]
+    head = "| method (benchmark job) | NFE | " + " | ".join(f"{d} W2 (seeds) | passes" for d in datasets) + " |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(datasets))]
     floor = []
     for d in datasets:
         t = next((t for title, t in tables.items() if title.split(" ")[0] == d), None)
         floor.append(_cell(t["floor"].get("w2", [])) if t else "-")
-    lines.append("| *reference floor* | - | - | " + " | ".join(f"{f} | -" for f in floor) + " |")
+    lines.append("| *reference floor* | - | " + " | ".join(f"{f} | -" for f in floor) + " |")
     rows = []
     for job in dict.fromkeys(p.job for p in jobs):
         for nfe, solver in ((1, None), (128, "euler")) if job == "flow" else ((1, None),):
-            cells, seeds, key = [], set(), []
+            cells, key = [], []
             for d in datasets:
-                vals, passes = [], []
+                vals, passes, seeds = [], [], set()
                 for p in jobs:
                     rec = by_id.get(p.run_id)
                     if p.job != job or p.dataset != d or rec is None:
@@ -54,11 +56,10 @@ def headline(results: Path, suite: str = "points") -> str:
                                 passes.append(n)
                             seeds.add(p.seed)
                             break
-                cells.append(f"{_cell(vals)} | {fmt_count(statistics.fmean(passes)) if passes else '-'}")
+                cells.append(f"{_cell(vals, len(seeds))} | {fmt_count(statistics.fmean(passes)) if passes else '-'}")
                 key.append(statistics.fmean(vals) if vals else float("inf"))
             label = f"{job}" + (f" (Euler {nfe})" if solver else "")
-            seed_txt = ",".join(map(str, sorted(seeds))) or "-"
-            rows.append((key[0], f"| {label} | {nfe} | {seed_txt} | " + " | ".join(cells) + " |"))
+            rows.append((key[0], f"| {label} | {nfe} | " + " | ".join(cells) + " |"))
     lines += [r for _, r in sorted(rows)]
     return "\n".join(lines)
 
