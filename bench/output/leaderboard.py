@@ -19,11 +19,10 @@ from bench.core.checkpoint import atomic_write_text
 from bench.core.records import LOCK_TIMEOUT_S, results_lock, scan_records, timing_load, timing_loaded
 from bench.core.stats import equal_cost, mean_std
 from bench.output.published import render_published
+from bench.output.quality import metric_order, quality_metrics
 from bench.output.targets import LOADED_MARK, render_targets
 
 SOLVER_ORDER = {"onestep": 0, "compose": 1, "euler": 2, "ei": 3, "heun": 4, "dopri5": 5}
-QUALITY_ORDER = ["w2", "sw2", "fid", "fd_digits", "kid", "precision", "recall"]
-MAIN_METRICS = ("w2", "fid", "fd_digits")  # the quality shown in LEADERBOARD.md (points: w2; images: FID/FD)
 _DROP_FROM_KEY = {"seed"}
 # eval fields that choose which rows are measured (or where weights live), not how: re-evaluating a run
 # at other NFEs must not move it to another config group
@@ -211,7 +210,7 @@ def build_tables(records: list[dict], main: bool = False) -> list[dict]:
     out = []
     for key in sorted(tables, key=lambda k: (k[0], k[1], k[2] or "")):
         t = tables[key]
-        metrics = [m for m in QUALITY_ORDER if m in t["metrics"]] + sorted(t["metrics"] - set(QUALITY_ORDER))
+        metrics = metric_order(t["metrics"])
         rows = [_table_row(k, sorted(items, key=_newest), metrics) for k, items in t["groups"].items()]
         rows.sort(
             key=lambda r: (
@@ -238,7 +237,7 @@ def build_tables(records: list[dict], main: bool = False) -> list[dict]:
                 "kind": "main" if main else "more",
                 "key": key,
                 "metrics": metrics,
-                "main": [m for m in MAIN_METRICS if m in metrics] or metrics[:1],
+                "main": quality_metrics(metrics) or metrics[:1],  # shown in LEADERBOARD.md (W2; FID / FD)
                 "rows": rows,
                 "floor": floor,
                 "floor_what": floor_what,

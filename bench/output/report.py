@@ -21,9 +21,9 @@ from bench.core.checkpoint import atomic_write_bytes
 from bench.core.records import scan_records
 from bench.core.stats import mean_std
 from bench.output.leaderboard import build_tables, train_time
+from bench.output.quality import metric_name
+from bench.output.quality import quality_metric as _first_quality
 
-QUALITY_METRICS = ("w2", "fid", "fd_digits")  # lower is better; the first present is a table's quality axis
-METRIC_NAMES = {"w2": "W2", "fid": "FID", "fd_digits": "FD_digits"}
 ONE_STEP_SOLVERS = ("onestep", "compose")  # one series: the one-step map and its k-step composition
 DPI = 110
 FIGSIZE = (9.0, 4.8)
@@ -60,7 +60,7 @@ class ReportPlan:
 
 
 def quality_metric(table: dict) -> str | None:
-    return next((m for m in QUALITY_METRICS if m in table["metrics"]), None)
+    return _first_quality(table["metrics"])
 
 
 def row_items(row: dict, by_id: dict[str, dict]) -> list[tuple[dict, dict]]:
@@ -147,7 +147,7 @@ def _floor_band(ax, table: dict, metric: str) -> None:
 def _quality_label(table: dict, metric: str) -> str:
     p = table["proto"].get(metric, {})
     n_gen, n_ref = p.get("n_gen_used", p.get("n_gen", "?")), p.get("n_ref_used", p.get("n_ref", "?"))
-    return f"{METRIC_NAMES[metric]} (n_gen={n_gen}, n_ref={n_ref}; mean ± std, log)"
+    return f"{metric_name(metric)} (n_gen={n_gen}, n_ref={n_ref}; mean ± std, log)"
 
 
 def _log_axes(ax, x_base: int = 10) -> None:
@@ -212,7 +212,7 @@ def _draw_vs_nfe(table: dict, metric: str) -> Callable[[Any], None]:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("NFE (network evaluations per sample, log scale)")
         ax.set_ylabel(_quality_label(table, metric))
-        ax.set_title(f"{table['title']}: {METRIC_NAMES[metric]} against NFE (lower is better)")
+        ax.set_title(f"{table['title']}: {metric_name(metric)} against NFE (lower is better)")
         _legend(fig, ax)
 
     return draw
@@ -269,7 +269,7 @@ def _draw_vs_time(table: dict, metric: str) -> Callable[[Any], None]:
             + _devices(table["rows"])
         )
         ax.set_ylabel(_quality_label(table, metric))
-        ax.set_title(f"{table['title']}: {METRIC_NAMES[metric]} against sampling time (lower-left is better)")
+        ax.set_title(f"{table['title']}: {metric_name(metric)} against sampling time (lower-left is better)")
         _legend(fig, ax)
 
     return draw
@@ -296,7 +296,7 @@ def _draw_vs_train(table: dict, metric: str, by_id: dict[str, dict]) -> Callable
         xl += "; '(teacher)' rows: the teacher's training alone"
         ax.set_xlabel(xl)
         ax.set_ylabel(_quality_label(table, metric))
-        ax.set_title(f"{table['title']}: {METRIC_NAMES[metric]} against training cost (devices as recorded)")
+        ax.set_title(f"{table['title']}: {metric_name(metric)} against training cost (devices as recorded)")
         _legend(fig, ax)
 
     return draw
@@ -433,9 +433,9 @@ def _table_figures(t: dict, base: str, by_id: dict[str, dict], results_dir: Path
 
     metric = quality_metric(t)
     if metric is None:
-        skipped.append(f"quality figures: none of {', '.join(QUALITY_METRICS)} in the records")
+        skipped.append("quality figures: no W2, FID or fd_* metric in the records")
     else:
-        mname = METRIC_NAMES[metric]
+        mname = metric_name(metric)
         add("quality_vs_nfe.png", f"{mname} against NFE; shaded: reference floor.", _draw_vs_nfe(t, metric))
         add("quality_vs_time.png", f"{mname} against per-sample time; dashed: Pareto front.", _draw_vs_time(t, metric))
         add(

@@ -12,8 +12,10 @@ from typing import Any
 
 from bench.core.records import timing_loaded
 from bench.core.stats import mean_std
+from bench.output.quality import quality_metric
 
-QUALITY = {"points": ("w2", 128, 1.1), "image": ("fd_digits", 64, 1.3)}  # metric, teacher NFE, max ratio
+QUALITY = {"points": ("w2", 128, 1.1), "image": (None, 64, 1.3)}  # metric (None: the row's first), teacher NFE, max
+MAX_RATIO = {"fashion-mnist": 1.5}  # a data set's own target where its issue set one (issue 27: 1.5x at Euler 64)
 LOADED_MARK = "†"
 MIN_SPEEDUP = {"points": 50.0}  # teacher at its reference NFE / chargen NFE 1; images: no target set (shown)
 
@@ -41,11 +43,14 @@ def chargen_targets(records: list[dict]) -> list[dict[str, Any]]:
         if not isinstance(kind, str) or kind not in QUALITY:
             continue
         metric, t_nfe, max_ratio = QUALITY[kind]
+        max_ratio = MAX_RATIO.get(rec["dataset"], max_ratio)
         one = _row(rec, lambda r: r["solver"] == "onestep")
+        if one is not None and metric is None:
+            metric = quality_metric(one["metrics"])
         teach = [r for r in rec["rows"] if r["label"].endswith("(teacher)") and r["solver"] == "euler"]
         t_ref = next((r for r in teach if r["nfe_requested"] == t_nfe), None)
         t_one = next((r for r in teach if r["nfe_requested"] == 1), None)
-        if one is None or metric not in one["metrics"]:
+        if one is None or metric is None or metric not in one["metrics"]:
             continue
         q = _mean(one["metrics"][metric])
         q_std = one["metrics"][metric].get("std", 0.0)
@@ -97,16 +102,17 @@ def render_targets(records: list[dict]) -> str:
         "# chargen targets (rendered from run records)",
         "",
         "Quality: chargen at NFE 1 vs its own teacher (Euler) in the same run. Targets: W2 <= 1.1 x teacher at",
-        "NFE 128 and <= 0.5 x teacher at NFE 1 (points); FD_digits <= 1.3 x teacher at NFE 64 (digits).",
+        "NFE 128 and <= 0.5 x teacher at NFE 1 (points); the data set's FD <= 1.3 x teacher at NFE 64 (images;",
+        "Fashion-MNIST 1.5 x). The `max` column is the row's target.",
         "Speed: `x fwd` = per-sample time at NFE 1 / one bare forward pass (target <= 1.10); `speed-up` =",
         "teacher at the reference NFE / chargen NFE 1 per-sample time (target >= 50 on points; none set for",
         "digits), measured in one process.",
         "Spread (±): std over evaluation repeats; the ratio's is the std of per-repeat ratios (same noise seeds).",
         f"{LOADED_MARK} timed at a 1-min load average above the recorded core (thread) count: re-time before quoting.",
         "",
-        "| data | run | metric | chargen NFE 1 | teacher ref NFE | teacher | ratio | ok | teacher NFE 1 | ratio | ok "
-        "| x fwd | ok | speed-up | ok |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| data | run | metric | chargen NFE 1 | teacher ref NFE | teacher | ratio | max | ok | teacher NFE 1 | ratio "
+        "| ok | x fwd | ok | speed-up | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rr, r1 = r.get("ratio_ref"), r.get("ratio_1")
@@ -115,7 +121,8 @@ def render_targets(records: list[dict]) -> str:
         lines.append(
             f"| {r['dataset']} | `{r['run']}` | {r['metric']} | {_pm(r['chargen'], r['chargen_std'])} | "
             f"{r['teacher_nfe']} | {_pm(r.get('teacher_ref'), r.get('teacher_ref_std'))} | "
-            f"{_pm(rr, r.get('ratio_ref_std'), '{:.3f}')} | {_ok(None if rr is None else rr <= r['max_ratio'])} | "
+            f"{_pm(rr, r.get('ratio_ref_std'), '{:.3f}')} | {r['max_ratio']:g} | "
+            f"{_ok(None if rr is None else rr <= r['max_ratio'])} | "
             f"{_f(r.get('teacher_1'), '{:.4f}')} | {_f(r1)} | {_ok(None if r1 is None else r1 <= 0.5)} | "
             f"{_f(xf, '{:.2f}')}{mark} | {_ok(None if xf is None else xf <= 1.10)} | {_f(sp, '{:.0f}')}{mark} | "
             f"{_ok(None if sp is None or r['min_speedup'] is None else sp >= r['min_speedup'])} |"

@@ -26,6 +26,7 @@ from bench.core.checkpoint import atomic_write_json, atomic_write_text
 from bench.core.config import resolved_config
 from bench.core.stats import equal_cost, mean_std
 from bench.errors import BenchError
+from bench.output.quality import quality_metric
 
 
 @dataclass(frozen=True)
@@ -316,13 +317,13 @@ def run_budget(
 
 def _point(rec: dict, key: str, scale: float) -> dict:
     """One run's NFE-1 quality (first quality metric of its one-step row) and its total training cost."""
-    from bench.output.report import QUALITY_METRICS
-
     one = [r for r in rec["rows"] if r["nfe"] == 1 and not r["label"].endswith("(teacher)")]
     if not one:
         raise BenchError(f"run {rec['run_id']}: no NFE-1 row of the method itself")
     row = one[0]
-    metric = next(m for m in QUALITY_METRICS if m in row["metrics"])
+    metric = quality_metric(row["metrics"])
+    if metric is None:
+        raise BenchError(f"run {rec['run_id']}: its NFE-1 row has no W2, FID or fd_* metric")
     cost = rec["train"]["cost"]
     return {
         "method": key,
