@@ -58,3 +58,30 @@ def test_fairness_table_pairs_minimal_entries_with_benchmark_records(tmp_path):
     md = fair.render(tmp_path)
     assert "| meanflow | moons | 3 steps | 1 | 0.600 ± 0.100 | - | - | 1 / 0 |" in md
     assert fair.main(["--results", str(tmp_path), "--methods", "nope"]) == 2
+
+
+def test_net_probe_runs_the_minimal_version_on_the_suites_network_and_renders_beside_it(tmp_path, monkeypatch):
+    """``--net suite``: the same minimal ECT on the suite's TimeMLP (a different network: other weights, other W2),
+    kept in its own file and paired with the plain-MLP entry of the same job, data set and seed."""
+    from bench.methods.nets import TimeMLP
+
+    from bench.studies.fairness import harness
+
+    monkeypatch.setattr(harness, "N_EVAL", 200)
+    monkeypatch.setitem(fair.MINIMAL, "ect", (lambda d, s: minimal_ect.run(d, s, 3, 3), "3 + 3 steps"))
+    (tmp_path / "benchmark.yaml").write_text(
+        "suites:\n  points:\n    datasets: [moons]\n    seeds: [0]\n    jobs:\n"
+        "      - {name: ect, method: ect, recipe: test recipe of the unit test}\n"
+    )
+    monkeypatch.setattr(harness, "NET", "suite")
+    assert isinstance(harness.MLP(3, 2).u, TimeMLP)
+    monkeypatch.setattr(harness, "NET", "mlp")
+    args = ["--results", str(tmp_path), "--methods", "ect", "--datasets", "moons", "--seeds", "0"]
+    assert fair.main(args) == 0 and fair.main([*args, "--net", "suite"]) == 0
+    assert harness.NET == "mlp"  # reset after the probe
+    plain, net = (json.loads((tmp_path / f).read_text())[0] for f in ("fairness.json", "fairness-net.json"))
+    assert (plain["net"], net["net"]) == ("mlp", "suite") and plain["w2"]["1"] != net["w2"]["1"]
+    md = (tmp_path / "fairness.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| ect | moons | 1 | 0 |"))
+    assert f"{sum(plain['w2']['1']) / 3:.3f}" in row and f"{sum(net['w2']['1']) / 3:.3f}" in row
+    assert fair.main([*args[:2], "--methods", "gan-ns", "--net", "suite"]) == 2

@@ -3,6 +3,11 @@ with the suite's benchmark records of the same data set and seed (``results/fair
 
     python -m bench.studies.fairness --methods meanflow,ct --datasets checkerboard --seeds 0   # adds to fairness.json
     python -m bench.studies.fairness --render-only                                              # tables from the JSON
+    python -m bench.studies.fairness --methods ect --datasets checkerboard --net suite   # the architecture probe
+
+``--net suite`` runs the same minimal versions with the suite's point network (``TimeMLP``) in place of their plain
+MLP on concatenated inputs (``fairness-net.json``): what is left of a gap between the suite and its minimal version
+once both use one network is the method's code; the rest is the network.
 
 Each entry of ``fairness.json`` is one minimal run (method, data set, seed, steps, W2 values per NFE, wall-clock,
 load average, git commit); the table pairs it with the suite's benchmark job (``results/benchmark.yaml``) of the
@@ -76,6 +81,47 @@ def _suite_values(results: Path, job: str, dataset: str, seed: int, nfe: str) ->
     return rows[0]["metrics"]["w2"]["values"] if rows and "w2" in rows[0]["metrics"] else None
 
 
+NOT_NET_PROBED = ("imeanflow", "gan-ns", "wgan-gp", "sngan")  # their nets are not (x, times) -> a vector of x's size
+
+
+def _fmt(v: list[float]) -> str:
+    return f"{statistics.fmean(v):.3f} ± {statistics.pstdev(v):.3f}" if v else "-"
+
+
+def render_net_probe(results: Path, entries: list[dict]) -> list[str]:
+    """The architecture probe's table: each minimal run with the plain MLP beside the same run on the suite's
+    TimeMLP (same job, data set, seed) and the suite's record."""
+    path = results / "fairness-net.json"
+    probes = json.loads(path.read_text()) if path.is_file() else []
+    if not probes:
+        return []
+    plain = {(e["job"], e["dataset"], e["seed"]): e for e in entries}
+    lines = [
+        "",
+        "## The network's share of each gap (`--net suite`, `fairness-net.json`)",
+        "",
+        "The same minimal versions with the suite's point network (`TimeMLP`: 3 x 256, raw times through learned",
+        "embeddings added to every hidden layer) in place of their plain MLP on concatenated inputs (4 x 256).",
+        "suite / minimal on TimeMLP near 1: the method's code matches its minimal version and the gap is the",
+        "network (shared by every method of the suite, so a change there is a change for all of them).",
+        "",
+        "| job | data set | NFE | seeds | minimal, plain MLP | minimal, TimeMLP | suite | suite / minimal on TimeMLP |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for e in probes:
+        for nfe in e["w2"]:
+            groups.setdefault((e["job"], e["dataset"], nfe), []).append(e)
+    for (job, dataset, nfe), es in sorted(groups.items()):
+        net = [v for e in es for v in e["w2"][nfe]]
+        mlp = [v for e in es for v in plain.get((job, dataset, e["seed"]), {}).get("w2", {}).get(nfe, [])]
+        suite = [v for e in es for v in (_suite_values(results, job, dataset, e["seed"], nfe) or [])]
+        ratio = f"{statistics.fmean(suite) / statistics.fmean(net):.2f}" if suite and net else "-"
+        seeds = ",".join(str(e["seed"]) for e in sorted(es, key=lambda e: e["seed"]))
+        lines.append(f"| {job} | {dataset} | {nfe} | {seeds} | {_fmt(mlp)} | {_fmt(net)} | {_fmt(suite)} | {ratio} |")
+    return lines
+
+
 def render(results: Path) -> str:
     path = results / "fairness.json"
     entries = json.loads(path.read_text()) if path.is_file() else []
@@ -102,17 +148,14 @@ def render(results: Path) -> str:
         suite = [v for vs in suite_by_seed.values() if vs for v in vs]
         n_suite = sum(1 for vs in suite_by_seed.values() if vs)
 
-        def fmt(v: list[float]) -> str:
-            return f"{statistics.fmean(v):.3f} ± {statistics.pstdev(v):.3f}" if v else "-"
-
         ratio = f"{statistics.fmean(suite) / statistics.fmean(mine):.2f}" if suite and mine else "-"
         lines.append(
-            f"| {job} | {dataset} | {es[0]['budget']} | {nfe} | {fmt(mine)} | {fmt(suite)} | {ratio} | "
+            f"| {job} | {dataset} | {es[0]['budget']} | {nfe} | {_fmt(mine)} | {_fmt(suite)} | {ratio} | "
             f"{len(es)} / {n_suite} |"
         )
     if not entries:
         lines.append("| (no minimal runs yet: `python -m bench.studies.fairness --methods meanflow`) | | | | | | | |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + render_net_probe(results, entries)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--net", choices=("mlp", "suite"), default="mlp", help="suite: the architecture probe")
     a = ap.parse_args(argv)
+    from bench.studies.fairness import harness
     from bench.studies.fairness.harness import DATA
 
     jobs, datasets = a.methods.split(","), a.datasets.split(",")
@@ -134,7 +179,21 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown job, data set or seed {bad[0]!r} (jobs: {', '.join(MINIMAL)})", file=sys.stderr)
         return 2
-    path = a.results / "fairness.json"
+    if a.net == "suite" and not a.render_only and set(jobs) & set(NOT_NET_PROBED):
+        no = ", ".join(sorted(set(jobs) & set(NOT_NET_PROBED)))
+        print(f"error: --net suite does not apply to {no} (their networks are not (x, times) -> x)", file=sys.stderr)
+        return 2
+    harness.NET = a.net
+    try:
+        _run(a, jobs, datasets, seeds)
+    finally:
+        harness.NET = "mlp"
+    (a.results / "fairness.md").write_text(render(a.results))
+    return 0
+
+
+def _run(a: argparse.Namespace, jobs: list[str], datasets: list[str], seeds: list[int]) -> None:
+    path = a.results / ("fairness.json" if a.net == "mlp" else "fairness-net.json")
     if not a.render_only:
         for job in jobs:
             for d in datasets:
@@ -150,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                         "wall_clock_s": round(time.perf_counter() - t0, 1),
                         "load_avg_1min": os.getloadavg()[0],
                         "threads": torch.get_num_threads(),
+                        "net": a.net,
                         "git_commit": _commit(),
                         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     }
@@ -159,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"{job} {d} seed {s}: " + ", ".join(f"NFE {k} {statistics.fmean(v):.3f}" for k, v in w2.items())
                     )
-    (a.results / "fairness.md").write_text(render(a.results))
-    return 0
 
 
 if __name__ == "__main__":

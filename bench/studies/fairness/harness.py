@@ -14,7 +14,34 @@ DATA = {"checkerboard": checkerboard, "8gaussians": eight_gaussians, "moons": mo
 BATCH, LR, N_EVAL, REPEATS = 512, 1e-3, 5000, 3
 
 
-class MLP(nn.Module):
+NET = "mlp"  # "suite": the architecture probe (``--net suite``) builds the suite's TimeMLP instead, see ``MLP``
+
+
+def MLP(d_in: int, d_out: int, width: int = 256, act: type[nn.Module] = nn.SiLU) -> nn.Module:  # noqa: N802
+    """The minimal versions' network: ``PlainMLP`` (concatenated inputs), or with ``NET = "suite"`` the suite's
+    own point network on the same inputs (the architecture probe: it isolates the network from the method)."""
+    if NET == "mlp":
+        return PlainMLP(d_in, d_out, width, act)
+    return SuiteNet(d_in, d_out)
+
+
+class SuiteNet(nn.Module):
+    """The suite's ``TimeMLP`` (3 hidden layers of 256, raw times through learned embeddings added to every hidden
+    layer, the benchmark's ``method.net`` defaults) behind the minimal versions' call ``net(x, t_1, ..)``."""
+
+    def __init__(self, d_in: int, d_out: int, x_dim: int = 2) -> None:
+        super().__init__()
+        from bench.methods.nets import TimeMLP
+
+        if d_out != x_dim or d_in <= x_dim:
+            raise ValueError(f"--net suite: needs (x, times) -> a vector of x's size, not {d_in} -> {d_out} columns")
+        self.u = TimeMLP(x_dim, 256, 3, n_times=d_in - x_dim, time_max_freq=0.0)
+
+    def forward(self, x: Tensor, *times: Tensor) -> Tensor:
+        return self.u(*(t.reshape(-1) for t in times), x)
+
+
+class PlainMLP(nn.Module):
     """4 hidden layers of 256 SiLU units on the concatenation of its inputs (raw times as extra columns)."""
 
     def __init__(self, d_in: int, d_out: int, width: int = 256, act: type[nn.Module] = nn.SiLU) -> None:
