@@ -183,6 +183,17 @@ def test_flow_on_digits_end_to_end_with_grids(bench_cli, monkeypatch):
         assert r["grid"] == f"grids/digits/{rec['run_id']}/flow-icfm_euler_{r['nfe_requested']}.png"
         with Image.open(bench_cli.results / r["grid"]) as im:
             assert im.mode == "L" and im.size == (2 + 8 * 34, 2 + 8 * 34)
+    # a results folder that lost its grids: --grids-only re-draws the same files (same seeds), record untouched
+    grids = {r["grid"]: (bench_cli.results / r["grid"]).read_bytes() for r in rec["rows"]}
+    before = next(bench_cli.results.glob("runs/**/*.json")).read_bytes()
+    for g in grids:
+        (bench_cli.results / g).unlink()
+    code, out, err = bench_cli("eval", "--run", rec["workdir"], "--grids-only")
+    assert code == 0, out + err
+    assert {g: (bench_cli.results / g).read_bytes() for g in grids} == grids
+    assert next(bench_cli.results.glob("runs/**/*.json")).read_bytes() == before
+    code, _, err = bench_cli("eval", "--run", rec["workdir"], "--grids-only", "--timing-only")
+    assert code == 2 and "choose one" in err
 
     # chargen on images, reusing that U-Net teacher: one-step and 2-step rows, a grid per row
     args = ["run", "--method", "chargen", "--dataset", "digits", "--smoke", "--set", "train.batch_size=16"]

@@ -256,6 +256,10 @@ def eval_(
     timing_only: Annotated[
         bool, typer.Option("--timing-only", metavar="", help="flag: re-measure only the timing of its record")
     ] = False,
+    grids_only: Annotated[
+        bool,
+        typer.Option("--grids-only", metavar="", help="flag: re-draw only the sample grids its record links"),
+    ] = False,
     threads: ThreadsOpt = None,
 ) -> None:
     """Evaluate a trained run (eval.* may be overridden with --set), write its record, re-render."""
@@ -265,6 +269,14 @@ def eval_(
     from bench.run.runner import evaluate_and_record, load_run, resolve_device, validate_eval
 
     setup(plugin)
+    if timing_only and grids_only:
+        raise BenchError("--timing-only and --grids-only: choose one")
+    if grids_only:
+        from bench.run.runner import regrid_run
+
+        for p in regrid_run(run_dir, out_dir, resolve_device(device)):
+            console.print(f"grid: {p}")
+        return
     if timing_only:
         from bench.run.runner import retime_run
 

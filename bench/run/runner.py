@@ -419,6 +419,40 @@ def training_cost(state, prior: dict, device: str) -> dict:
     }
 
 
+def regrid_run(workdir: Path, results_dir: Path, device: torch.device) -> list[Path]:
+    """Re-draw the sample grids a finished run's record links (image data: same seeds, same files under
+    ``results_dir``), e.g. on a machine where ``results/grids/`` was not kept; the record is not touched."""
+    from bench.core.records import read_record, record_path
+    from bench.eval.grids import GridTarget, write_eval_grid
+    from bench.methods.base import EvalPoint
+
+    cfg, _, method, _ = load_run(workdir, device)
+    path = record_path(results_dir, cfg.dataset_name, Path(workdir).name)
+    if not path.is_file():
+        raise BenchError(f"no record for run {Path(workdir).name} in {results_dir}")
+    rec, why = read_record(path)
+    if why is not None:
+        raise BenchError(f"cannot re-draw the grids of {path}: {why}")
+    rows = [r for r in rec["rows"] if r.get("grid")]
+    if not rows:
+        raise BenchError(f"{path} links no sample grids (only image runs have them)")
+    method.eval()
+    written = []
+    for r in rows:
+        rel = Path(r["grid"])
+        got = write_eval_grid(
+            method,
+            EvalPoint(r["label"], r["solver"], r["nfe_requested"]),
+            cfg.eval.sample_seed,
+            device,
+            GridTarget(Path(results_dir), rel.parent.as_posix()),
+        )
+        if got != rel.as_posix():
+            raise BenchError(f"{path}: row {r['label']} {r['solver']} links {rel}, this code names it {got}")
+        written.append(Path(results_dir) / got)
+    return written
+
+
 def retime_run(workdir: Path, results_dir: Path, device: torch.device) -> Path:
     """Re-measure only the timing of a finished run's record (e.g. on a quiet machine); metrics untouched."""
     from bench.core.records import read_record, record_path
