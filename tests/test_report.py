@@ -243,7 +243,8 @@ def test_page_is_self_contained_sortable_and_filterable(results):
 def test_plan_names_what_it_skips(results):
     res, _ = results
     notes = plan_report(res).skipped
-    assert any(t == "moons" and n.startswith("sample panel for chargen, flow, flow (teacher)") for t, n in notes)
+    # the teacher's rows inside chargen's record get no panel of their own (the teacher's run has its rows)
+    assert any(t == "moons" and n.startswith("sample panel for chargen, flow, gan[") for t, n in notes)
     assert ("moons", "loss curves of 3 run(s): no log.jsonl in their workdir on this machine") in notes
     assert not any(t == "digits" and n.startswith("sample panel") for t, n in notes)
     render_report(res)
@@ -331,3 +332,47 @@ def test_points_sample_panel_from_a_real_run(bench_cli):
     first = png.read_bytes()
     render_report(bench_cli.results)
     assert png.read_bytes() == first  # fixed seeds: drawn twice, the same figure
+
+
+def test_point_panels_one_series_per_method_and_the_cap_is_named(tmp_path, monkeypatch):
+    """Each method gets the panels of one series (its own sampler, else Euler), not one per solver or device; a
+    method left out by the panel cap is named as such, not as 'no run folder'."""
+    from bench.output import report
+
+    def row(method, solver, nfe, run):
+        return {
+            "method": method,
+            "solver": solver,
+            "nfe": nfe,
+            "nfe_sort": nfe,
+            "runs": [run],
+            "config": "c",
+            "device": "cpu",
+        }
+
+    by_id = {}
+    for run in ("f", "a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "ckpt.pt").write_bytes(b"")
+    rows = [row("flow", s, n, "f") for s in ("dopri5", "euler", "heun") for n in (1, 8)]
+    rows += [row("a", "onestep", 1, "a"), row("a", "compose", 2, "a"), row("b", "onestep", 1, "b")]
+    for run, label in (("f", "flow"), ("a", "a"), ("b", "b")):
+        by_id[run] = {
+            "workdir": str(tmp_path / run),
+            "rows": [
+                {"label": label, "solver": r["solver"], "nfe_requested": r["nfe"]} for r in rows if r["runs"] == [run]
+            ],
+        }
+    table = {"rows": rows}
+    panels, capped = report._point_panels(table, by_id)
+    assert [(p[3], p[0].split(chr(10))[0]) for p in panels] == [
+        ("a", "a"),
+        ("a", "a"),
+        ("b", "b"),
+        ("flow", "flow · euler"),
+        ("flow", "flow · euler"),
+    ]
+    assert capped == []
+    monkeypatch.setattr(report, "MAX_PANELS", 3)
+    panels, capped = report._point_panels(table, by_id)
+    assert [p[3] for p in panels] == ["a", "a", "b"] and capped == ["flow"]

@@ -314,19 +314,36 @@ def _grid_panels(table: dict, results_dir: Path) -> list[tuple[str, str]]:
     return panels
 
 
-def _point_panels(table: dict, by_id: dict[str, dict]) -> list[tuple[str, str, dict, str]]:
-    """(title, run folder, record row) per series of a points table, at its smallest and largest NFE, from the
-    first of its runs whose folder (with ``ckpt.pt``) is on this machine."""
-    panels = []
-    for name, rows in table_series(table).items():
+MAX_PANELS = 24
+_PANEL_SOLVER = {"onestep": 0, "compose": 0, "euler": 1}  # a method's panels from its own sampler, else Euler
+
+
+def _point_panels(table: dict, by_id: dict[str, dict]) -> tuple[list[tuple[str, str, dict, str]], list[str]]:
+    """(title, run folder, record row, method) for each method of a points table (teachers' rows left out: the
+    teacher has its own rows), at its smallest and largest NFE of one series (its own sampler first, else Euler),
+    from the first run whose folder (with ``ckpt.pt``) is on this machine; and the methods left out by the
+    ``MAX_PANELS`` cap."""
+    series = [(k, rows) for k, rows in table_series(table).items() if not rows[0]["method"].endswith("(teacher)")]
+    series.sort(key=lambda kr: (kr[1][0]["method"], _PANEL_SOLVER.get(kr[1][0]["solver"], 2), kr[0]))
+    panels: list[tuple[str, str, dict, str]] = []
+    capped: list[str] = []
+    for name, rows in series:
+        method = rows[0]["method"]
+        if any(m == method for *_, m in panels) or method in capped:
+            continue
         chosen = [rows[0]] + ([rows[-1]] if len(rows) > 1 else [])
+        found = []
         for r in chosen:
             for rec, row in row_items(r, by_id):
                 wd = rec.get("workdir")
                 if wd and (Path(wd) / "ckpt.pt").is_file():
-                    panels.append((f"{name}\nNFE {r['nfe']:g}", wd, row, r["method"]))
+                    found.append((f"{name}\nNFE {r['nfe']:g}", wd, row, method))
                     break
-    return panels[:24]
+        if found and len(panels) + len(found) > MAX_PANELS:
+            capped.append(method)
+        else:
+            panels += found
+    return panels, capped
 
 
 def _draw_points(panels: list[tuple[str, str, dict, str]], n: int = 2000) -> Callable[[Any], None]:
@@ -457,11 +474,14 @@ def _table_figures(t: dict, base: str, by_id: dict[str, dict], results_dir: Path
                 (9.0, 2.4 * math.ceil(len(panels) / min(4, len(panels)))),
             )
     else:
-        panels = _point_panels(t, by_id)
+        panels, capped = _point_panels(t, by_id)
         drawn = {method for *_, method in panels}
-        missing = sorted({r["method"] for r in t["rows"]} - drawn)
+        own = {r["method"] for r in t["rows"] if not r["method"].endswith("(teacher)")}
+        missing = sorted(own - drawn - set(capped))
         if missing:
             skipped.append(f"sample panel for {', '.join(missing)}: no run folder with ckpt.pt on this machine")
+        if capped:
+            skipped.append(f"sample panel for {', '.join(sorted(capped))}: over the figure's {MAX_PANELS} panels")
         if panels:
             add(
                 "samples.png",
