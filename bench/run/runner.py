@@ -419,12 +419,10 @@ def training_cost(state, prior: dict, device: str) -> dict:
     }
 
 
-def regrid_run(workdir: Path, results_dir: Path, device: torch.device) -> list[Path]:
-    """Re-draw the sample grids a finished run's record links (image data: same seeds, same files under
-    ``results_dir``), e.g. on a machine where ``results/grids/`` was not kept; the record is not touched."""
+def _finished_record(workdir: Path, results_dir: Path, device: torch.device, what: str):
+    """A finished run's loaded method and its record: (cfg, method, record path, record); a missing or
+    unreadable record is a BenchError naming what could not be done (``what``, e.g. "re-time")."""
     from bench.core.records import read_record, record_path
-    from bench.eval.grids import GridTarget, write_eval_grid
-    from bench.methods.base import EvalPoint
 
     cfg, _, method, _ = load_run(workdir, device)
     path = record_path(results_dir, cfg.dataset_name, Path(workdir).name)
@@ -432,7 +430,17 @@ def regrid_run(workdir: Path, results_dir: Path, device: torch.device) -> list[P
         raise BenchError(f"no record for run {Path(workdir).name} in {results_dir}")
     rec, why = read_record(path)
     if why is not None:
-        raise BenchError(f"cannot re-draw the grids of {path}: {why}")
+        raise BenchError(f"cannot {what} {path}: {why}")
+    return cfg, method, path, rec
+
+
+def regrid_run(workdir: Path, results_dir: Path, device: torch.device) -> list[Path]:
+    """Re-draw the sample grids a finished run's record links (image data: same seeds, same files under
+    ``results_dir``), e.g. on a machine where ``results/grids/`` was not kept; the record is not touched."""
+    from bench.eval.grids import GridTarget, write_eval_grid
+    from bench.methods.base import EvalPoint
+
+    cfg, method, path, rec = _finished_record(workdir, results_dir, device, "re-draw the grids of")
     rows = [r for r in rec["rows"] if r.get("grid")]
     if not rows:
         raise BenchError(f"{path} links no sample grids (only image runs have them)")
@@ -455,17 +463,10 @@ def regrid_run(workdir: Path, results_dir: Path, device: torch.device) -> list[P
 
 def retime_run(workdir: Path, results_dir: Path, device: torch.device) -> Path:
     """Re-measure only the timing of a finished run's record (e.g. on a quiet machine); metrics untouched."""
-    from bench.core.records import read_record, record_path
     from bench.eval.evaluate import time_points
     from bench.methods.base import EvalPoint
 
-    cfg, _, method, _ = load_run(workdir, device)
-    path = record_path(results_dir, cfg.dataset_name, Path(workdir).name)
-    if not path.is_file():
-        raise BenchError(f"no record for run {Path(workdir).name} in {results_dir}")
-    rec, why = read_record(path)
-    if why is not None:
-        raise BenchError(f"cannot re-time {path}: {why}")
+    cfg, method, _, rec = _finished_record(workdir, results_dir, device, "re-time")
     points = [EvalPoint(r["label"], r["solver"], r["nfe_requested"]) for r in rec["rows"]]
     ref, timings = time_points(method, points, cfg.eval, device)
     for row, tm in zip(rec["rows"], timings, strict=True):
