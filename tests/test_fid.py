@@ -203,18 +203,49 @@ def digits_ds():
     return FakeImages(xtr, xte, name="digits")
 
 
-def test_digits_classifier_accuracy_and_cache(digits_cache):
+def test_the_shipped_digits_classifier_is_used_whatever_the_cache(digits_cache):
+    from bench.eval.metrics import classifier as C
     from bench.eval.metrics import digits_classifier as dc
 
+    clf = dc.load_or_train(digits_cache)
+    assert clf.path == C.SHIPPED_DIR / "digits-cnn-v1.pt" and not dc.classifier_path(digits_cache).exists()
+    assert clf.sha256 == hashlib.sha256(clf.path.read_bytes()).hexdigest() and clf.sha256.startswith("d9e4cc18")
+    assert clf.test_accuracy >= 0.95
+
+
+def test_digits_classifier_trains_and_caches_without_the_shipped_file(digits_cache, tmp_path, monkeypatch):
+    from bench.eval.metrics import classifier as C
+    from bench.eval.metrics import digits_classifier as dc
+
+    monkeypatch.setattr(C, "SHIPPED_DIR", tmp_path / "none")
     t0 = time.perf_counter()
     clf = dc.load_or_train(digits_cache)
     trained_s = time.perf_counter() - t0
-    assert clf.test_accuracy >= 0.95
-    assert clf.path.is_file() and clf.sha256 == hashlib.sha256(clf.path.read_bytes()).hexdigest()
+    assert clf.path == dc.classifier_path(digits_cache) and clf.test_accuracy >= 0.95
+    assert clf.sha256 == hashlib.sha256(clf.path.read_bytes()).hexdigest()
     dc._MEMO.clear()
     t0 = time.perf_counter()
     again = dc.load_or_train(digits_cache)  # from the file, no retraining
     assert again.sha256 == clf.sha256 and time.perf_counter() - t0 < max(1.0, trained_s / 4)
+
+
+def test_shipped_classifiers_match_their_pins_and_a_changed_file_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from bench.errors import BenchError
+    from bench.eval.metrics import classifier as C
+
+    pins = dict(line.split()[::-1] for line in (C.SHIPPED_DIR / "SHA256SUMS").read_text().splitlines())
+    assert sorted(pins) == sorted(p.name for p in C.SHIPPED_DIR.glob("*.pt"))
+    assert all(C.shipped_file(name) == C.SHIPPED_DIR / name for name in pins)
+    assert C.shipped_file("fmnist-cnn-v1-0000000000000000.pt") is None  # other data: none ships
+    copy = tmp_path / "weights"
+    shutil.copytree(C.SHIPPED_DIR, copy)
+    with open(copy / "digits-cnn-v1.pt", "ab") as f:
+        f.write(b"\0")
+    monkeypatch.setattr(C, "SHIPPED_DIR", copy)
+    with pytest.raises(BenchError, match="does not match its sha256"):
+        C.shipped_file("digits-cnn-v1.pt")
 
 
 def test_classifier_split_matches_the_digits_dataset():

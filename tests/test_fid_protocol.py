@@ -348,12 +348,14 @@ def test_inception_on_fake_cifar_whole_split_only_n_gen_fails(random_inception_f
 
 
 @pytest.fixture
-def digits_ds_with_random_classifier(tmp_path):
-    """The real digits data set and a DigitsCNN file with random weights in the classifier cache (no training:
-    the protocol does not depend on what the features are)."""
+def digits_ds_with_random_classifier(tmp_path, monkeypatch):
+    """The real digits data set and a DigitsCNN file with random weights in the classifier cache, the shipped file
+    hidden (no training: the protocol does not depend on what the features are)."""
+    from bench.eval.metrics import classifier as C
     from bench.eval.metrics import digits_classifier as dc
 
     images = pytest.importorskip("bench.datasets.images")
+    monkeypatch.setattr(C, "SHIPPED_DIR", tmp_path / "none")
     torch.manual_seed(0)
     payload = {"version": dc.VERSION, "state_dict": dc.DigitsCNN().state_dict(), "test_accuracy": 0.0}
     dc.classifier_path(tmp_path).parent.mkdir(parents=True)

@@ -17,7 +17,7 @@ def _weights_line(lookup, verify) -> str:
 
 
 def asset_report() -> list[tuple[str, str]]:
-    """(name, status) lines for optional files: Inception weights (both engines), digits classifier cache."""
+    """(name, status) lines for optional files: Inception weights (both engines), the classifiers (shipped, cached)."""
     from bench.errors import BenchError
     from bench.eval.metrics.digits_classifier import VERSION, classifier_path
     from bench.eval.metrics.features import default_cache_dir, sha256_file
@@ -37,14 +37,19 @@ def asset_report() -> list[tuple[str, str]]:
             out.append((name, _weights_line(locate(), verify)))
         except BenchError as e:  # a configured path that does not exist
             out.append((name, f"ERROR {e}"))
-    p = classifier_path()
-    status = f"cached {p} sha256 {sha256_file(p)}" if p.is_file() else f"absent ({p}); trained on first use (seconds)"
-    out.append((f"digits classifier ({VERSION}, fd_digits)", status))
+    from bench.eval.metrics import classifier as C
     from bench.eval.metrics import fmnist_classifier as fc
 
-    files = sorted((default_cache_dir() / "fmnist_classifier").glob(f"{fc.VERSION}-*.pt"))
-    status = "; ".join(f"cached {p} sha256 {sha256_file(p)}" for p in files) or (
-        "absent; trained on first fashion-mnist evaluation (minutes on 2 CPU cores)"
-    )
-    out.append((f"fashion-mnist classifier ({fc.VERSION}, fd_fmnist)", status))
+    for label, version, cached in [
+        (f"digits classifier ({VERSION}, fd_digits)", VERSION, [classifier_path()]),
+        (f"fashion-mnist classifier ({fc.VERSION}, fd_fmnist)", fc.VERSION,
+         sorted((default_cache_dir() / "fmnist_classifier").glob(f"{fc.VERSION}-*.pt"))),
+    ]:  # fmt: skip
+        try:
+            shipped = [f"shipped {p} sha256 {sha256_file(p)}" for p in sorted(C.SHIPPED_DIR.glob(f"{version}*.pt"))
+                       if C.shipped_file(p.name)]  # fmt: skip
+        except BenchError as e:
+            shipped = [f"REFUSED {e}"]
+        lines = shipped + [f"cached {p} sha256 {sha256_file(p)}" for p in cached if p.is_file()]
+        out.append((label, "; ".join(lines) or "absent; trained on first use (its own data)"))
     return out
