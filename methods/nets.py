@@ -64,10 +64,16 @@ class NetConfig:
         "auto"  # U-Net preset for images: auto (tiny up to 16 px, else compact), tiny, tiny-wide, compact, small,
         # mnist, cifar10
     )
+    # time features of the U-Net (images): sin/cos at the preset's n_freq frequencies from 1 to this (rad per unit
+    # time), or 0 = the raw time. 1,000 (default): the DDPM-style bandwidth of every flow / chargen / CD / GAN
+    # record on images. The JVP-in-time methods (meanflow, imeanflow, tvm) default to 0 for the reason above:
+    # MeanFlow on Fashion-MNIST at 1,000 had a regression target of squared norm 4e5 per image at step 200 (v's is
+    # about 1e3); the official EDM-style embeddings of t in [0, 1] have frequencies <= 1
+    unet_time_max_freq: float = 1000.0
 
     def validate(self) -> None:
-        if self.hidden < 1 or self.depth < 0 or self.time_max_freq < 0:
-            raise BenchError("method.net: need hidden >= 1, depth >= 0 and time_max_freq >= 0")
+        if self.hidden < 1 or self.depth < 0 or self.time_max_freq < 0 or self.unet_time_max_freq < 0:
+            raise BenchError("method.net: need hidden >= 1, depth >= 0 and time_max_freq, unet_time_max_freq >= 0")
 
 
 def build_net(spec, cfg: NetConfig, n_times: int = 1) -> nn.Module:
@@ -76,7 +82,7 @@ def build_net(spec, cfg: NetConfig, n_times: int = 1) -> nn.Module:
         return TimeMLP(spec.dim, cfg.hidden, cfg.depth, n_times, cfg.time_max_freq)
     from bench.methods.unet import build_unet
 
-    return build_unet(spec, cfg.unet, n_times)
+    return build_unet(spec, cfg.unet, n_times, cfg.unet_time_max_freq)
 
 
 def can_start_from(spec, student: NetConfig, teacher: NetConfig) -> bool:
@@ -89,4 +95,5 @@ def can_start_from(spec, student: NetConfig, teacher: NetConfig) -> bool:
     from bench.methods.unet import PRESETS, resolve_preset, widening
 
     s, t = resolve_preset(spec, student.unet), resolve_preset(spec, teacher.unet)
-    return s in PRESETS and t in PRESETS and widening(PRESETS[s], PRESETS[t]) >= 1
+    same_time = student.unet_time_max_freq == teacher.unet_time_max_freq
+    return same_time and s in PRESETS and t in PRESETS and widening(PRESETS[s], PRESETS[t]) >= 1

@@ -48,7 +48,8 @@ def logit_normal(b: Batch, mean: float, std: float) -> Tensor:
 
 @dataclass
 class TVMConfig:
-    net: NetConfig = field(default_factory=NetConfig)  # u(t, s, x): chargen's two-time MLP / U-Net
+    # u(t, s, x): chargen's two-time MLP / U-Net, the U-Net with raw time (its JVP differentiates in t; nets.py)
+    net: NetConfig = field(default_factory=lambda: NetConfig(unet_time_max_freq=0.0))
     s_p_mean: float = -0.4  # logit-normal of the terminal time (official configs: s_P_mean -0.4, s_P_std 1.0)
     s_p_std: float = 1.0
     gap_p_mean: float = -0.8  # logit-normal of the gap s - t (official: gap_P_mean -0.8, gap_P_std 1.0)

@@ -134,7 +134,9 @@ class SelfAttention(nn.Module):
 class UNet(nn.Module):
     """The U-Net; see the module docstring for the conventions."""
 
-    def __init__(self, in_ch: int, preset: UNetPreset, n_times: int = 1, side: int = 32) -> None:
+    def __init__(
+        self, in_ch: int, preset: UNetPreset, n_times: int = 1, side: int = 32, time_max_freq: float = 1000.0
+    ) -> None:
         super().__init__()
         p = preset
         self.preset, self.n_times, self.factor = p, n_times, 2 ** (len(p.mults) - 1)
@@ -142,7 +144,7 @@ class UNet(nn.Module):
         attn_levels = {lv for lv in range(len(p.mults)) if padded // 2**lv in p.attn}
         emb = p.channels * p.emb_mult
         n_freq = p.n_freq or max(16, p.channels // 2)
-        self.times = nn.ModuleList([FourierTime(emb, n_freq=n_freq) for _ in range(n_times)])
+        self.times = nn.ModuleList([FourierTime(emb, n_freq, time_max_freq) for _ in range(n_times)])
         for e in list(self.times)[1:]:
             e.zero_()
         self.inp = _conv(in_ch, p.channels)
@@ -320,10 +322,11 @@ def resolve_preset(spec, preset: str) -> str:
     return "tiny" if max(spec.shape[1:]) <= AUTO_SMALL_MAX else "compact"
 
 
-def build_unet(spec, preset: str, n_times: int = 1) -> UNet:
-    """The U-Net for image spec ``(C, H, W)`` from a preset name in :data:`PRESETS` (or ``"auto"``)."""
+def build_unet(spec, preset: str, n_times: int = 1, time_max_freq: float = 1000.0) -> UNet:
+    """The U-Net for image spec ``(C, H, W)`` from a preset name in :data:`PRESETS` (or ``"auto"``), its time
+    features up to ``time_max_freq`` rad per unit time (0: the raw time)."""
     c, h, w = spec.shape
     preset = resolve_preset(spec, preset)
     if preset not in PRESETS:
         raise BenchError(f"unknown U-Net preset {preset!r}; valid: auto, {', '.join(PRESETS)}")
-    return UNet(c, PRESETS[preset], n_times, side=max(h, w))
+    return UNet(c, PRESETS[preset], n_times, side=max(h, w), time_max_freq=time_max_freq)

@@ -51,6 +51,21 @@ def test_odd_sizes_are_padded_and_cropped():
     assert net4(torch.rand(1), torch.randn(1, 1, 9, 13)).shape == (1, 1, 9, 13)
 
 
+def test_time_bandwidth_of_the_unet_is_a_net_setting_and_blocks_a_teacher_copy():
+    from bench.methods.meanflow import MeanFlowConfig
+    from bench.methods.nets import NetConfig, build_net, can_start_from
+    from bench.methods.tvm import TVMConfig
+
+    img = spec(1, 8, 8)
+    raw = build_net(img, NetConfig(unet="tiny", unet_time_max_freq=0.0), n_times=2)
+    assert all(e.raw for e in raw.times) and raw(torch.rand(2), torch.rand(2), torch.randn(2, 1, 8, 8)).shape[0] == 2
+    assert build_net(img, NetConfig(unet="tiny", unet_time_max_freq=16.0)).times[0].freqs.max() == pytest.approx(16)
+    assert build_net(img, NetConfig(unet="tiny")).times[0].freqs.max() == pytest.approx(1000)  # every image record
+    assert MeanFlowConfig().net.unet_time_max_freq == TVMConfig().net.unet_time_max_freq == 0.0  # d/dt methods
+    assert not can_start_from(img, NetConfig(unet="tiny", unet_time_max_freq=0.0), NetConfig(unet="tiny"))
+    assert can_start_from(img, NetConfig(unet="tiny"), NetConfig(unet="tiny"))
+
+
 def test_two_time_net_from_one_time_net_is_exact_at_init():
     torch.manual_seed(0)
     one = build_unet(spec(1, 8, 8), "tiny", 1)
