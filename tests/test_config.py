@@ -178,3 +178,14 @@ def test_raw_time_feature_and_fourier_features():
     assert NetConfig().time_max_freq == 0.0
     net = TimeMLP(2, 16, 1, n_times=2)
     assert net(torch.rand(3), torch.rand(3), torch.zeros(3, 2)).shape == (3, 2)
+
+
+def test_a_section_given_in_part_keeps_the_parents_default_for_the_rest():
+    from bench.methods.meanflow import MeanFlowConfig
+    from bench.methods.nets import NetConfig
+
+    cfg = from_dict(MeanFlowConfig, {"net": {"unet": "micro"}})  # as --set method.net.unet=micro
+    assert cfg.net == NetConfig(unet="micro", unet_time_max_freq=0.0)  # MeanFlow's raw time, not NetConfig's 1,000
+    assert from_dict(MeanFlowConfig, {"net": {"unet_time_max_freq": 16}}).net.unet_time_max_freq == 16.0
+    with pytest.raises(BenchError, match="unknown config key 'net.widht'"):
+        from_dict(MeanFlowConfig, {"net": {"widht": 3}})
