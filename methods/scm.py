@@ -23,7 +23,10 @@ with dF^-/dtau from one JVP of F^- in (tau, x_tau) along (1, dx/dtau), r rising 
 1.4). Sampling (the paper's 1- and 2-step): x = f(sigma_d z, pi/2) = g(0, 1, sigma_d z); then re-noise to tau_mid,
 x_tau = cos x + sin sigma_d z', and map again (CIFAR-10 two-step: tau_mid = 1.1). Stabilisers of the paper that are
 architectural (positional time embedding at a small scale, adaptive double normalisation, the JVP rearrangement for
-attention) are covered by the suite's nets (raw time input, attention on the math kernel) or left out.
+attention) are covered by the suite's nets (raw time input: the MLP's default, the U-Net's for sCT; attention on
+the math kernel) or left out. sCD inherits its teacher's net: a U-Net teacher at the flow's default 1,000-rad time
+features (nets.py) breaks that stabiliser, so a faithful sCD on images needs a teacher with raw time
+(``--set method.teacher.flow.net.unet_time_max_freq=0``, or a flow run trained so).
 """
 
 from __future__ import annotations
@@ -100,7 +103,8 @@ class AdaptiveWeight(nn.Module):
 class SCMConfig:
     mode: Literal["sct", "scd"] = "sct"  # consistency training (no teacher) or distillation from a flow teacher
     teacher: TeacherConfig = field(default_factory=TeacherConfig)  # sCD's teacher: reused flow run, or trained here
-    net: NetConfig | None = None  # network of u(t, s, x); None = the teacher's (sCD) / the default net (sCT)
+    # network of u(t, s, x); None = the teacher's (sCD) / the default net with raw time on images (sCT; nets.py)
+    net: NetConfig | None = None
     init: Literal["auto", "teacher", "scratch"] = "auto"  # auto: sCD starts from the teacher (the paper tunes a
     # pretrained TrigFlow model), sCT from scratch
     # the noise's std sigma_d (the paper: the data's, 0.5 on CIFAR-10); 0 = the data's (DataSpec.data_std) for sCT,
@@ -149,7 +153,7 @@ class SCM(TeacherMixin, Method):
         if cfg.mode == "scd" or cfg.teacher.run:
             self._init_teacher(cfg.teacher, spec, train, workdir)
         self.init_from_teacher = cfg.init == "teacher" or (cfg.init == "auto" and cfg.mode == "scd")
-        net_cfg = cfg.net or (self.teacher_cfg.net if self.has_teacher() else NetConfig())
+        net_cfg = cfg.net or (self.teacher_cfg.net if self.has_teacher() else NetConfig(unet_time_max_freq=0.0))
         if self.init_from_teacher and not can_start_from(spec, net_cfg, self.teacher_cfg.net):
             raise BenchError(
                 "starting from the teacher needs method.net equal to the teacher's (or unset); "

@@ -196,3 +196,11 @@ def test_smoke_run_through_cli(bench_cli, mode):
 def test_two_processes_train_like_one(tmp_path):
     """Two trained nets in one update (the generator and the weight MLP): both synced by DDP."""
     two_processes_match_one(tmp_path, "scm", "method.fit_steps=20")
+
+
+def test_sct_on_images_defaults_to_raw_time_and_scd_keeps_its_teachers_net():
+    img = DataSpec("img", "image", (1, 8, 8), False)
+    tiny = NetConfig(unet="tiny")
+    assert all(e.raw for e in SCM(SCMConfig(), img, TrainConfig()).g.u.times)  # the paper's smooth time embedding
+    m = SCM(SCMConfig(mode="scd", teacher=TeacherConfig(flow=FlowConfig(net=tiny))), img, TrainConfig())
+    assert not any(e.raw for e in m.g.u.times) and m.g.u.times[0].freqs.max() == pytest.approx(1000)
