@@ -195,7 +195,13 @@ def _metric_problem(where: str, m: Any, kind: str) -> str | None:
 
 
 def record_problem(rec: Any) -> str | None:
-    """Why ``rec`` cannot be read as a run record (one line), or None when the leaderboard can use it."""
+    """Why ``rec`` cannot be read as a run record (one line: keys of the file are escaped), or None when the
+    leaderboard can use it."""
+    why = _record_problem(rec)
+    return None if why is None else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in why)
+
+
+def _record_problem(rec: Any) -> str | None:
     if not isinstance(rec, dict):
         return "not a JSON object"
     if rec.get("schema") != SCHEMA:
