@@ -502,3 +502,15 @@ def test_main_table_rows_are_sorted_by_their_methods_best_quality_at_nfe_1():
         ("aaa", 1),
         ("aaa", 4),
     ]
+
+
+def test_thread_counts_do_not_split_a_row_and_its_time_is_the_quiet_setting(tmp_path):
+    for seed, device, load, t in [(0, "cpu (2 threads)", 0.1, 2e-5), (1, "cpu (1 threads)", 1.9, 9e-5),
+                                  (2, "cpu (1 threads)", 1.7, 8e-5)]:  # fmt: skip
+        row = _row(1, (0.2 + seed / 100,), device=device, load=load, per_sample_s=t)
+        write_record(tmp_path, _record(f"s{seed}", [row], seed=seed, threads=int(device[5])))
+    head, _floor, *rows = _md_table(render_all(tmp_path).md.read_text(), "moons")
+    assert len(rows) == 1  # one recipe, one NFE: one row over the three seeds
+    cell = dict(zip(head, rows[0], strict=True))
+    assert cell["seeds"] == "3" and cell["w2"].startswith("0.2100")
+    assert cell["time/sample"] == "20.00 µs" and cell["device"] == "cpu (2 threads), timed 1 of 3 runs"  # no †

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -170,6 +171,25 @@ def _row_device(rec: dict, row: dict) -> str:
     return (row.get("timing") or {}).get("device") or rec.get("device") or "-"
 
 
+def _device_class(device: str) -> str:
+    """A row's device without a CPU's thread count: seeds of one recipe timed at 1 and at 2 threads are one row
+    (their quality does not depend on it); its time comes from one timing setting (:func:`_timing_choice`)."""
+    return re.sub(r" \(\d+ threads?\)$", "", device) if device.startswith("cpu") else device
+
+
+def _timing_choice(timed: list[tuple[dict, dict]]) -> tuple[str | None, list[tuple[dict, dict]]]:
+    """(device, timings) of the timing setting a row's time comes from: the one with the most quiet timings, then
+    the most timings (times at different thread counts are never mixed)."""
+    by_device: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
+    for rec, row in timed:
+        by_device[_row_device(rec, row)].append((rec, row))
+    if not by_device:
+        return None, []
+    quiet = {d: sum(not timing_loaded(rec, row) for rec, row in v) for d, v in by_device.items()}
+    best = max(by_device, key=lambda d: (quiet[d], len(by_device[d]), d))
+    return best, by_device[best]
+
+
 def _newest(item: tuple[dict, dict]) -> tuple[str, str]:
     return (item[0].get("date", ""), item[0]["run_id"])
 
@@ -205,7 +225,7 @@ def build_tables(records: list[dict], main: bool = False) -> list[dict]:
         items.sort(key=_newest)
         rec, row = items[-1]
         t = tables[key]
-        t["groups"][(label, solver, nfe_req, ckey, _row_device(rec, row))].append((rec, row, items[:-1]))
+        t["groups"][(label, solver, nfe_req, ckey, _device_class(_row_device(rec, row)))].append((rec, row, items[:-1]))
     diverged = [r for r in records if r.get("status", "ok") != "ok"]
     out = []
     for key in sorted(tables, key=lambda k: (k[0], k[1], k[2] or "")):
@@ -268,7 +288,12 @@ def _nfe1_rank(rows: list[dict], r: dict, metrics: list[str]) -> tuple:
 def _table_row(gkey: tuple, items: list[tuple[dict, dict, list]], metrics: list[str]) -> dict:
     label, solver, nfe_req, ckey, device = gkey
     recs = [r for r, _, _ in items]
-    timed = [(rec, row) for rec, row, _ in items if row.get("timing")]
+    seeds = len({json.dumps(r.get("seed")) for r in recs})
+    timed_device, timed = _timing_choice([(rec, row) for rec, row, _ in items if row.get("timing")])
+    if timed_device is not None:
+        device = timed_device
+        if len(timed) < len(items):  # the other seeds were timed at another setting (or not at all)
+            device = f"{device}, timed {len(timed)} of {len(items)} runs"
     timing = [row["timing"] for _, row in timed]
     nfes = [row["nfe"] for _, row, _ in items if _is_num(row.get("nfe"))]
     trains = [train_time(rec, label) for rec in recs]
@@ -300,7 +325,7 @@ def _table_row(gkey: tuple, items: list[tuple[dict, dict, list]], metrics: list[
         "train_s": statistics.fmean(train_s) if train_s else None,
         "train_teacher_added": any(added for _, added in trains),
         "train_passes": statistics.fmean(passes) if passes else None,
-        "seeds": len({json.dumps(r.get("seed")) for r in recs}),
+        "seeds": seeds,
         "copies_dropped": sum(len(d) for _, _, d in items),
         "dropped_runs": sorted({r["run_id"] for _, _, d in items for r, _ in d}),
         "runs": sorted({r["run_id"] for r in recs}),
@@ -348,7 +373,8 @@ def render_markdown(tables: list[dict], skipped: list[tuple[str, str]] = ()) -> 
         "train passes: network passes over samples in training (forward 1, backward 2, teacher included).",
         "Rows are grouped by device, then method and config (hash of the config resolved against the current",
         "defaults, without the seed and the eval row selection, shown after the method when one method has",
-        "several).",
+        "several). A CPU's thread count does not split a row: its time comes from one timing setting (the one",
+        "with the most quiet timings), and the device column says how many of the row's runs it covers.",
         "",
     ]
     if any(t.get("kind") == "main" for t in tables):
