@@ -173,13 +173,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for key {key}")
 
 
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`BenchError`."""
     data = dict(data or {})
@@ -195,7 +188,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     for name, value in data.items():
         default = known[name].default_factory  # a section given in part keeps its parent's default for the rest
         if isinstance(value, dict) and default is not MISSING and is_dataclass(base := default()):
-            value = _merged(to_dict(base), value)
+            value = deep_merge(to_dict(base), value)
         kwargs[name] = _coerce(value, hints[name], prefix + name)
     try:
         obj = cls(**kwargs)
