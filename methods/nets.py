@@ -66,9 +66,9 @@ class NetConfig:
     )
     # time features of the U-Net (images): sin/cos at the preset's n_freq frequencies from 1 to this (rad per unit
     # time), or 0 = the raw time. 1,000 (default): the DDPM-style bandwidth of every flow / chargen / CD / GAN
-    # record on images. The JVP-in-time methods (meanflow, imeanflow, tvm) default to 0 for the reason above:
-    # MeanFlow on Fashion-MNIST at 1,000 had a regression target of squared norm 4e5 per image at step 200 (v's is
-    # about 1e3); the official EDM-style embeddings of t in [0, 1] have frequencies <= 1
+    # record on images. The JVP-in-time methods (meanflow, imeanflow, tvm, scm's sCT) default to 0 for the reason
+    # above: MeanFlow on Fashion-MNIST at 1,000 had a regression target of squared norm 4e5 per image at step 200
+    # (670 with raw time); the official EDM-style embeddings of t in [0, 1] have frequencies <= 1
     unet_time_max_freq: float = 1000.0
 
     def validate(self) -> None:
