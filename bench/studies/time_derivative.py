@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import typer
 
+from bench.core.checkpoint import atomic_write_text
+from bench.errors import BenchError
 from bench.pixels import from_uint8
 
 TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -71,11 +73,15 @@ def main(
     from bench.registry import DATASETS, load_builtins
 
     load_builtins()
-    ck_path = find_run_checkpoint(teacher, runs_dir / "_", "teacher")  # an id resolves beside runs_dir/_
-    data = dict(load_checkpoint(ck_path)["config"]["data"])
-    cls = DATASETS.get(data.pop("name"))
-    ds = cls(from_dict(cls.Config, data), 0)
-    run, tcfg, ck = resolve_teacher(str(ck_path), ds.spec, None)
+    try:
+        ck_path = find_run_checkpoint(teacher, runs_dir / "_", "teacher")  # an id resolves beside runs_dir/_
+        data = dict(load_checkpoint(ck_path)["config"]["data"])
+        cls = DATASETS.get(data.pop("name"))
+        ds = cls(from_dict(cls.Config, data), 0)
+        run, tcfg, ck = resolve_teacher(str(ck_path), ds.spec, None)
+    except BenchError as e:  # bad input: one line, exit 2 (as the bench CLI)
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     flow = Flow(tcfg, ds.spec, TrainConfig(), None)
     flow.load_state_dict(ck["method_state"])
     x1 = from_uint8(ds.split_u8("train")[:n]).float()
@@ -83,9 +89,8 @@ def main(
     text = render(time_smoothness(flow.velocity(ema=True), x1, h=h), what, h)
     print(text)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         cmd = f"python -m bench.studies.time_derivative --teacher {teacher} --n {n} --h {h:g} --out {out}"
-        out.write_text(f"{text}\n{n} training images, noise seed 0. Reproduce: `{cmd}`.\n")
+        atomic_write_text(out, f"{text}\n{n} training images, noise seed 0. Reproduce: `{cmd}`.\n")
 
 
 if __name__ == "__main__":
