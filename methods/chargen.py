@@ -26,6 +26,7 @@ from bench.methods.timefeat import as_batch
 from bench.methods.trajectories import TrajectoryCache, resolve_source
 from torch import Tensor, nn
 
+from bench.core.resources import forward_batch, split_calls
 from bench.errors import BenchError
 from bench.registry import register_method
 
@@ -181,7 +182,12 @@ class Chargen(TeacherMixin, Method):
 
     @torch.no_grad()
     def _characteristics(self, z: Tensor) -> Tensor:
-        return characteristics(self.v(), z.to(self.grid.device), self.grid, self.cfg.solver)
+        dev = self.grid.device
+
+        def solve(part: Tensor) -> Tensor:
+            return characteristics(self.v(), part.to(dev), self.grid, self.cfg.solver)
+
+        return split_calls(solve, z, forward_batch(dev, self.spec.shape))
 
     def _trajectory_stage(self, shard: Shard) -> dict:
         c = self.cfg

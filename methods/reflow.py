@@ -45,6 +45,7 @@ from torch import Tensor
 
 from bench.core import solvers
 from bench.core.noise import seeded_noise
+from bench.core.resources import forward_batch
 from bench.errors import BenchError
 from bench.registry import register_method
 
@@ -133,10 +134,12 @@ class Reflow(TeacherMixin, Method):
         for start in range(mine.start, mine.stop, c.chunk):
             n = min(c.chunk, mine.stop - start)
             z = seeded_noise(shape, range(TRAJ_SEED + start, TRAJ_SEED + start + n))
-            x1, used = couple(v, z.to(dev), c.pair_solver, c.pair_steps)
+            step = forward_batch(dev, shape) or n
+            for i in range(0, n, step):  # host: network calls of at most forward_batch samples
+                x1, used = couple(v, z[i : i + step].to(dev), c.pair_solver, c.pair_steps)
+                x1_all[start - mine.start + i : start - mine.start + i + len(x1)] = x1.cpu()
+                nfe += used * len(x1)
             z_all[start - mine.start : start - mine.start + n] = z
-            x1_all[start - mine.start : start - mine.start + n] = x1.cpu()
-            nfe += used * n
         self._z, self._x1 = shard.gather(z_all, c.n_pairs), shard.gather(x1_all, c.n_pairs)
         self._level = level
         nfe_sum = shard.sum(torch.tensor(float(nfe)))

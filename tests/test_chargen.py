@@ -115,6 +115,17 @@ def test_noise_pairs_come_from_teacher_trajectories():
     assert torch.allclose(traj[:, 1], step, atol=1e-6)
 
 
+def test_host_forward_blocks_leave_trajectories_unchanged(monkeypatch):
+    from bench.core import resources
+
+    a = _chargen(euler_steps=6, n_traj=30, solver="heun")
+    a.traj.make()
+    monkeypatch.setattr(resources, "CPU_FORWARD_ELEMENTS", 2 * 7)  # teacher calls of 7 trajectories
+    b = _chargen(euler_steps=6, n_traj=30, solver="heun")
+    b.traj.make()
+    assert torch.allclose(a.traj.all(), b.traj.all(), atol=1e-6)
+
+
 def test_data_pairs_follow_reference_code_rules():
     m = _chargen(euler_steps=8, pairs_from="data")
     x1 = torch.randn(4000, 2)

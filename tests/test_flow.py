@@ -104,6 +104,24 @@ def test_sampling_is_independent_of_batch_size():
     assert torch.allclose(a[10:20], c, atol=1e-6)
 
 
+def test_sampling_in_host_forward_blocks_gives_the_same_samples_and_nfe(monkeypatch):
+    from bench.core import resources
+    from bench.core.config import TrainConfig
+
+    torch.manual_seed(0)
+    m = Flow(FlowConfig(), SPEC, TrainConfig())
+    p = EvalPoint("flow", "euler", 4)
+    a = Samples(m, p, 37, 100, batch=37, device=torch.device("cpu"))
+    one_call, nfe = a.tensor(), a.nfe
+    monkeypatch.setattr(resources, "CPU_FORWARD_ELEMENTS", 2 * 8)  # blocks of 8 points per network call
+    calls = []
+    sample = m.sample
+    monkeypatch.setattr(m, "sample", lambda z, pt: calls.append(len(z)) or sample(z, pt))
+    b = Samples(m, p, 37, 100, batch=37, device=torch.device("cpu"))
+    assert torch.allclose(b.tensor(), one_call, atol=1e-6) and b.nfe == nfe == 4
+    assert calls == [8, 8, 8, 8, 5]
+
+
 def test_seeded_noise_rows_depend_only_on_seed():
     a = seeded_noise((3,), [5, 6, 7])
     b = seeded_noise((3,), [7])

@@ -50,6 +50,17 @@ def test_euler_pairs_are_seeded_and_independent_of_chunks_and_processes():
     assert torch.allclose(torch.cat(halves), b._x1, atol=1e-6)
 
 
+def test_host_forward_blocks_leave_euler_pairs_unchanged(monkeypatch):
+    from bench.core import resources
+
+    a = _model(n_pairs=30, chunk=64, pair_steps=6)
+    a.make_pairs(1)
+    monkeypatch.setattr(resources, "CPU_FORWARD_ELEMENTS", 2 * 7)  # network calls of 7 pairs
+    b = _model(n_pairs=30, chunk=64, pair_steps=6)
+    info = b.make_pairs(1)
+    assert info["nfe_per_pair"] == 6.0 and torch.equal(a._z, b._z) and torch.allclose(a._x1, b._x1, atol=1e-6)
+
+
 def test_dopri5_pairs_are_deterministic_per_chunking():
     a = _model(n_pairs=24, chunk=12, pair_solver="dopri5")
     b = _model(n_pairs=24, chunk=12, pair_solver="dopri5")

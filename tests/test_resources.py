@@ -45,3 +45,27 @@ def test_stale_tmp_files_are_removed_on_resume(bench_cli):
     )
     assert code == 0, err
     assert not stale.exists() and (folder / "ckpt.pt").is_file()
+
+
+def test_forward_batch_caps_host_images_only():
+    from bench.core.resources import forward_batch
+
+    cpu = torch.device("cpu")
+    assert forward_batch(cpu, (1, 28, 28)) == 334 and forward_batch(cpu, (3, 32, 32)) == 85
+    assert forward_batch(cpu, (2,)) >= 100_000  # points: n_gen is never split
+    assert forward_batch(torch.device("cuda"), (3, 32, 32)) == 0  # accelerators: one call
+
+
+def test_split_calls_is_one_call_per_block_in_row_order():
+    from bench.core.resources import split_calls
+
+    sizes = []
+
+    def fn(x):
+        sizes.append(len(x))
+        return 2 * x
+
+    x = torch.arange(10.0)[:, None]
+    assert torch.equal(split_calls(fn, x, 4), 2 * x) and sizes == [4, 4, 2]
+    sizes.clear()
+    assert torch.equal(split_calls(fn, x, 0), 2 * x) and sizes == [10]

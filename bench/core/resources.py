@@ -5,16 +5,39 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Sequence
+from math import prod
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from bench.errors import BenchError
 
 # fp32 bytes held per trained parameter: the weight, its gradient and Adam's two moments (EMA copies are
 # parameters of the method too, so they are counted as parameters)
 BYTES_PER_PARAM = 4 * 4
+
+# Generation on the host (no gradients): input elements per network call. One thread, the micro U-Net at 28x28
+# (bench/perf/bench_unet.py's network): about 490 samples/s at batch 16-256, 240 at 1,024, 210 at 4,096; the
+# compact preset 150 against 70 at 1,024. Beyond a few hundred images the activations leave the caches.
+CPU_FORWARD_ELEMENTS = 1 << 18
+
+
+def forward_batch(device: torch.device, sample_shape: Sequence[int]) -> int:
+    """Samples per no-grad network call when generating (eval samples, trajectories, couplings): everything at
+    once on an accelerator (0); on the host the batch whose inputs hold ``CPU_FORWARD_ELEMENTS`` elements
+    (28x28: 334, 3x32x32: 85; 2-D points: 131,072, so never split in practice)."""
+    return 0 if device.type != "cpu" else max(1, CPU_FORWARD_ELEMENTS // max(1, prod(sample_shape)))
+
+
+def split_calls(fn: Callable[[Tensor], Tensor], x: Tensor, batch: int) -> Tensor:
+    """``fn`` over ``x`` in row blocks of ``batch`` (0 = one call), concatenated: the same rows as one call for
+    any per-sample map (fixed-step solvers), up to floating-point summation order."""
+    if batch <= 0 or len(x) <= batch:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(batch)])
 
 
 def memory_available(device: torch.device) -> int | None:

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from bench.core.netswap import PRECISIONS, resolve_net, swapped
 from bench.core.noise import seeded_noise
+from bench.core.resources import forward_batch
 
 
 class Samples:
@@ -37,6 +38,16 @@ class Samples:
         return self.n
 
     def _draw(self, seeds: range) -> tuple[Tensor, float]:
+        """The samples of ``seeds`` and their mean NFE, in network calls of at most ``forward_batch`` samples
+        (on the host large image batches are slower per sample; an adaptive solver's steps depend on its call's
+        batch, so its samples do too)."""
+        step = forward_batch(self.device, self.method.noise_shape) or len(seeds)
+        parts = [self._call(seeds[i : i + step]) for i in range(0, len(seeds), step)]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([x for x, _ in parts]), sum(nfe * len(x) for x, nfe in parts) / len(seeds)
+
+    def _call(self, seeds: range) -> tuple[Tensor, float]:
         z = seeded_noise(self.method.noise_shape, seeds).to(self.device)
         if self.ev is None:
             return self.method.sample(z, self.point)
